@@ -1,0 +1,81 @@
+"""Safe checkpoint reading shared by both stages.
+
+Every load uses ``torch.load(..., weights_only=True)``: a checkpoint is data, never code.
+Each vqgen checkpoint carries ``checkpoint["vqgen"] = {"kind", "version",
+"format_version"}`` so a prior given where a VQ-VAE belongs (or a random file) is named
+as such instead of failing deep inside ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+VQGEN_VERSION = "0.1.0"
+CHECKPOINT_FORMAT = 1
+KIND_HINT = {"vqvae": "--vqvae", "prior": "--prior"}
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable vqgen checkpoint of the expected kind."""
+
+
+def checkpoint_stamp(kind: str) -> dict[str, Any]:
+    return {"kind": kind, "version": VQGEN_VERSION, "format_version": CHECKPOINT_FORMAT}
+
+
+def read_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True`` and check it is a ``kind`` one.
+
+    kind: "vqvae" or "prior". Raises FileNotFoundError / CheckpointError with one line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        hint = " (a folder: pass the .ckpt inside it, e.g. last.ckpt)" if path.is_dir() else ""
+        raise FileNotFoundError(f"checkpoint {path} does not exist{hint}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} was refused by the safe loader (weights_only=True): {first[:160]}; "
+            "it is not a vqgen checkpoint, or it holds code; use a checkpoint vqgen wrote"
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        truncated = any(s in msg for s in ("failed finding central directory",
+                                           "failed reading", "unexpected EOF", "EOF"))
+        what = "is truncated or corrupt" if truncated else "is not a readable checkpoint"
+        raise CheckpointError(f"{path} {what} ({msg[:120]}); re-train or copy it again") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a vqgen {kind} checkpoint (no state_dict)")
+    stamp = ckpt.get("vqgen")
+    if not isinstance(stamp, dict) or "kind" not in stamp:
+        raise CheckpointError(f"{path} is not a vqgen checkpoint (no vqgen stamp); "
+                              f"pass a {kind} checkpoint written by vqgen")
+    if int(stamp.get("format_version", 0)) > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {stamp.get('format_version')} (vqgen "
+            f"{stamp.get('version')}), newer than this vqgen ({VQGEN_VERSION}) reads; upgrade vqgen"
+        )
+    if stamp["kind"] != kind:
+        other = KIND_HINT.get(stamp["kind"], "the right option")
+        raise CheckpointError(
+            f"{path} is a {stamp['kind']} checkpoint, expected a {kind} checkpoint; "
+            f"pass it as {other}"
+        )
+    return ckpt
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

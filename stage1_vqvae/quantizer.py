@@ -1,0 +1,197 @@
+"""Vector quantizer: nearest-code lookup with a straight-through gradient.
+
+Two ways to learn the codebook (van den Oord et al. 2017):
+
+- ``ema=True`` (default): codebook vectors are exponential moving averages of the encoder
+  outputs assigned to them (appendix A.1 of the paper); only the commitment term
+  ``beta * ||z_e - sg(z_q)||^2`` reaches the encoder.
+- ``ema=False``: ``codebook_loss = ||sg(z_e) - z_q||^2`` trains the codebook by gradient.
+
+Dead codes (no assignment for ``dead_after`` training steps) are restarted from recent
+encoder outputs, and the first training batch initialises the codebook with k-means, so
+that every code starts where the data is. Under torch.distributed all statistics are
+all-reduced, so every rank holds the same codebook.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _dist_on() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce(t: Tensor) -> Tensor:
+    if _dist_on():
+        dist.all_reduce(t)
+    return t
+
+
+def _broadcast(t: Tensor) -> Tensor:
+    if _dist_on():
+        dist.broadcast(t, 0)
+    return t
+
+
+def nearest_codes(flat: Tensor, codebook: Tensor) -> Tensor:
+    """Index of the nearest codebook row for each row of ``flat``.
+
+    flat (N, D), codebook (K, D) -> int64 (N,) in [0, K). Squared Euclidean distance,
+    expanded as ||x||^2 - 2 x.c + ||c||^2 so it costs one matmul.
+    """
+    dist_sq = (
+        flat.pow(2).sum(1, keepdim=True)
+        - 2.0 * flat @ codebook.t()
+        + codebook.pow(2).sum(1)[None, :]
+    )
+    return dist_sq.argmin(1)
+
+
+def kmeans(x: Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> Tensor:
+    """Plain Lloyd k-means with k-means++-like random start; x (N, D) -> centroids (k, D).
+
+    When N < k the missing centroids are copies of random points plus small noise.
+    """
+    n = x.shape[0]
+    idx = torch.randperm(n, generator=generator, device="cpu")[: min(n, k)].to(x.device)
+    centroids = x[idx].clone()
+    if n < k:
+        extra = x[torch.randint(n, (k - n,), generator=generator).to(x.device)]
+        noise = torch.randn(extra.shape, generator=generator).to(x.device)
+        centroids = torch.cat([centroids, extra + 0.01 * x.std() * noise])
+    for _ in range(iters):
+        assign = nearest_codes(x, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        _all_reduce(sums)
+        _all_reduce(counts)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled, None]
+    return centroids
+
+
+class VectorQuantizer(nn.Module):
+    """Quantize (B, D, h, w) vectors to the nearest of ``num_codes`` codebook vectors.
+
+    Args:
+        num_codes: codebook size K.
+        code_dim: vector size D.
+        beta: weight of the commitment loss.
+        ema: learn the codebook by exponential moving averages (else by gradient).
+        decay: EMA decay.
+        kmeans_init: initialise the codebook by k-means on the first training batch.
+        dead_after: restart a code unused for this many training steps (0 disables).
+    """
+
+    def __init__(
+        self,
+        num_codes: int,
+        code_dim: int,
+        beta: float = 0.25,
+        ema: bool = True,
+        decay: float = 0.99,
+        kmeans_init: bool = True,
+        dead_after: int = 50,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.num_codes, self.code_dim = num_codes, code_dim
+        self.beta, self.ema, self.decay, self.eps = beta, ema, decay, eps
+        self.dead_after = dead_after
+        embed = torch.empty(num_codes, code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
+        if ema:
+            self.register_buffer("codebook", embed)
+            self.register_buffer("ema_count", torch.ones(num_codes))
+            self.register_buffer("ema_sum", embed.clone())
+        else:
+            self.codebook = nn.Parameter(embed)
+        # buffers, not Python attributes, so they are checkpointed and resume is exact
+        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self.register_buffer("steps_unused", torch.zeros(num_codes, dtype=torch.long))
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        """codes int64 (B, h, w) in [0, K) -> z_q float (B, D, h, w)."""
+        return F.embedding(codes, self.codebook).permute(0, 3, 1, 2).contiguous()
+
+    def quantize(self, z_e: Tensor) -> Tensor:
+        """z_e (B, D, h, w) -> codes int64 (B, h, w). No state changes."""
+        b, d, h, w = z_e.shape
+        flat = z_e.permute(0, 2, 3, 1).reshape(-1, d)
+        return nearest_codes(flat.to(self.codebook.dtype), self.codebook).view(b, h, w)
+
+    def forward(self, z_e: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """z_e (B, D, h, w) -> (z_q with straight-through gradient, codes (B, h, w), losses).
+
+        losses: ``commitment_loss`` (already multiplied by beta), ``codebook_loss`` (zero
+        with EMA), ``loss`` (their sum).
+        """
+        b, d, h, w = z_e.shape
+        z_e = z_e.float()
+        flat = z_e.permute(0, 2, 3, 1).reshape(-1, d)
+        if self.training and not bool(self.initialized):
+            self._kmeans_init(flat.detach())
+        codes = nearest_codes(flat.detach(), self.codebook.detach())
+        if self.training and self.ema:
+            self._ema_update(flat.detach(), codes)
+        z_q = self.lookup(codes.view(b, h, w))
+        commitment = F.mse_loss(z_e, z_q.detach())
+        if self.ema:
+            codebook_loss = torch.zeros((), device=z_e.device)
+        else:
+            codebook_loss = F.mse_loss(z_q, z_e.detach())
+        if self.training and self.dead_after > 0:
+            self._restart_dead(flat.detach(), codes)
+        # straight-through: forward is z_q, gradient w.r.t. z_e is the identity
+        z_st = z_e + (z_q - z_e).detach()
+        losses = {
+            "commitment_loss": self.beta * commitment,
+            "codebook_loss": codebook_loss,
+        }
+        losses["loss"] = losses["commitment_loss"] + losses["codebook_loss"]
+        return z_st, codes.view(b, h, w), losses
+
+    @torch.no_grad()
+    def _kmeans_init(self, flat: Tensor) -> None:
+        g = torch.Generator().manual_seed(0)
+        centroids = _broadcast(kmeans(flat, self.num_codes, generator=g))
+        self.codebook.data.copy_(centroids)
+        if self.ema:
+            self.ema_sum.copy_(centroids)
+            self.ema_count.fill_(1.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: Tensor, codes: Tensor) -> None:
+        onehot_sum = torch.zeros_like(self.ema_sum).index_add_(0, codes, flat)
+        counts = torch.bincount(codes, minlength=self.num_codes).to(flat.dtype)
+        _all_reduce(onehot_sum)
+        _all_reduce(counts)
+        self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(onehot_sum, alpha=1 - self.decay)
+        # Laplace smoothing keeps rarely used codes from dividing by ~0
+        n = self.ema_count.sum()
+        count = (self.ema_count + self.eps) / (n + self.num_codes * self.eps) * n
+        self.codebook.copy_(self.ema_sum / count[:, None])
+
+    @torch.no_grad()
+    def _restart_dead(self, flat: Tensor, codes: Tensor) -> None:
+        used = torch.bincount(codes, minlength=self.num_codes)
+        _all_reduce(used)
+        self.steps_unused.add_(1)
+        self.steps_unused[used > 0] = 0
+        dead = (self.steps_unused >= self.dead_after).nonzero().flatten()
+        if dead.numel() == 0:
+            return
+        # seeded from the step counter so restarts are reproducible and identical on all ranks
+        g = torch.Generator().manual_seed(int(self.steps_unused.sum()) + dead.numel())
+        pick = torch.randint(flat.shape[0], (dead.numel(),), generator=g).to(flat.device)
+        new = _broadcast(flat[pick].clone())
+        self.codebook.data[dead] = new
+        if self.ema:
+            self.ema_sum[dead] = new
+            self.ema_count[dead] = 1.0
+        self.steps_unused[dead] = 0

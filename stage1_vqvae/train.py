@@ -1,0 +1,152 @@
+"""Train stage one end to end: fit, then dump every split as code maps."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from .codes import is_code_map_folder
+from .data import SPLITS, VQDataModule
+from .encode import encode_dataset
+from .lit import LitVQVAE, load_vqvae
+from .trainer import make_trainer, quiet_lightning
+
+RUN_FILES = ("last.ckpt", "best.ckpt", "logs", "tensorboard", "previews", "codes")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    last: Path
+    best: Path | None
+    codes: dict[str, Path]
+    metrics: dict[str, float]
+
+
+def prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, verb: str) -> Path | None:
+    """Check ``out_dir`` may hold a new (or resumed) run. Returns the checkpoint to resume.
+
+    Refuses to mix runs: an existing run needs ``--resume`` or ``--overwrite``; a folder
+    holding anything else needs ``--overwrite``. ``--overwrite`` deletes only run files.
+    """
+    last = out_dir / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(
+                f"nothing to resume in {out_dir} (no last.ckpt); drop --resume to start a new run"
+            )
+        return last
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, expected a folder for the run")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            what = "a training run (last.ckpt)" if last.exists() else "other files"
+            raise ValueError(
+                f"{out_dir} already holds {what}; pass --resume to continue it, --overwrite to "
+                f"start over, or another --out (vqgen {verb})"
+            )
+        for name in RUN_FILES:
+            p = out_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    return None
+
+
+def write_all_code_maps(
+    lit: LitVQVAE,
+    dm: VQDataModule,
+    out_dir: Path,
+    checkpoint: Path | None,
+    *,
+    batch_size: int = 512,
+    device: str = "cpu",
+) -> dict[str, Path]:
+    """Encode every split of ``dm`` into ``out_dir/<split>`` code-map folders."""
+    written = {}
+    for split in SPLITS:
+        ds = dm.dataset(split)
+        info = ds.info
+        written[split] = encode_dataset(
+            lit, ds, out_dir / split, num_classes=info.num_classes,
+            class_names=list(info.class_names), source=info.source,
+            checkpoint_path=checkpoint, batch_size=batch_size, device=device,
+        )
+    return written
+
+
+def train_vqvae(
+    out_dir: str | os.PathLike,
+    model_args: dict[str, Any],
+    *,
+    data_args: dict[str, Any],
+    trainer_args: dict[str, Any],
+    resume: bool = False,
+    overwrite: bool = False,
+    write_codes: bool = True,
+    device: str = "cpu",
+) -> TrainResult:
+    """Fit a :class:`LitVQVAE` and (on rank 0) write code maps for every split.
+
+    model_args: LitVQVAE init arguments (ignored on resume: the checkpoint is the config).
+    data_args: data, data_root, download, channels, image_size, batch_size, num_workers,
+    val_fraction, seed. trainer_args: :func:`make_trainer` keyword arguments.
+    """
+    quiet_lightning()
+    out = Path(out_dir)
+    ckpt_path = prepare_run_dir(out, resume=resume, overwrite=overwrite, verb="train-vqvae")
+    if ckpt_path is not None:
+        lit = load_vqvae(ckpt_path)
+        hp = lit.hparams
+        data_args = {
+            **data_args, "data": hp.data, "channels": hp.channels,
+            "image_size": tuple(hp.image_size), "batch_size": hp.batch_size,
+            "val_fraction": hp.val_fraction, "seed": hp.seed,
+        }
+        seed = hp.seed
+    else:
+        seed = int(data_args.get("seed", 0))
+    pl.seed_everything(seed, workers=True, verbose=False)
+    dm = VQDataModule(**data_args)
+    dm.setup("fit")
+    if ckpt_path is None:
+        info = dm.info
+        lit = LitVQVAE(
+            **model_args, data=data_args["data"], data_root=str(data_args.get("data_root", "data")),
+            channels=data_args["channels"], image_size=tuple(data_args["image_size"]),
+            batch_size=data_args["batch_size"], val_fraction=data_args.get("val_fraction", 0.1),
+            seed=seed, num_classes=info.num_classes, class_names=tuple(info.class_names),
+        )
+    lit.preview_dir = str(out / "previews")
+    trainer = make_trainer(out, monitor="val/recon_loss", mode="min", **trainer_args)
+    trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    last = out / "last.ckpt"
+    best = out / "best.ckpt"
+    codes: dict[str, Path] = {}
+    if write_codes and trainer.is_global_zero:
+        final = load_vqvae(last)
+        codes = write_all_code_maps(final, dm, out / "codes", last, device=device)
+    return TrainResult(out, last, best if best.exists() else None, codes, metrics)
+
+
+def check_code_output(out: Path, overwrite: bool) -> None:
+    """An encode ``--out`` may be new, empty, or hold only code-map folders (re-encoded in
+    place, atomically); anything else needs ``--overwrite``."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is a file, expected a folder for code maps")
+    foreign = [p.name for p in out.iterdir() if not (p.is_dir() and is_code_map_folder(p))
+               and not p.name.startswith(".")]
+    if foreign and not overwrite:
+        raise ValueError(
+            f"--out {out} exists and is not a code-map folder (holds {', '.join(sorted(foreign)[:3])}); "
+            "pass --overwrite or another --out"
+        )

@@ -1,0 +1,108 @@
+"""The Lightning Trainer both stages use: checkpoints, loggers, progress, devices."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from .progress import PlainProgress, is_tty
+
+
+def _has_tensorboard() -> bool:
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
+
+
+def make_trainer(
+    out_dir: str | os.PathLike,
+    *,
+    monitor: str,
+    mode: str = "min",
+    max_epochs: int = 10,
+    max_time: str | None = None,
+    max_steps: int = -1,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    precision: str = "32-true",
+    limit_train_batches: int | float | None = None,
+    limit_val_batches: int | float | None = None,
+    log_every_n_steps: int = 20,
+    quiet: bool = False,
+) -> pl.Trainer:
+    """A Trainer writing ``out_dir/last.ckpt`` and ``out_dir/best.ckpt`` (best by ``monitor``),
+    CSV logs under ``out_dir/logs`` (TensorBoard too when installed), and a progress bar on a
+    TTY or plain lines otherwise. ``max_time`` is "DD:HH:MM:SS" or seconds."""
+    out_dir = Path(out_dir)
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    loggers: list = [CSVLogger(out_dir, name="logs")]
+    if _has_tensorboard():
+        loggers.append(TensorBoardLogger(out_dir, name="tensorboard"))
+    callbacks: list[pl.Callback] = [checkpoint]
+    tty = is_tty() and not quiet
+    if tty:
+        callbacks.append(TQDMProgressBar(refresh_rate=5))
+    elif not quiet:
+        callbacks.append(PlainProgress())
+    return pl.Trainer(
+        default_root_dir=out_dir,
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        max_time=_parse_max_time(max_time),
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        precision=precision,
+        logger=loggers,
+        callbacks=callbacks,
+        enable_progress_bar=tty,
+        enable_model_summary=tty,
+        log_every_n_steps=log_every_n_steps,
+        limit_train_batches=limit_train_batches,
+        limit_val_batches=limit_val_batches,
+        num_sanity_val_steps=0,
+    )
+
+
+def _parse_max_time(value: str | None) -> str | dict | None:
+    """Accept Lightning's "DD:HH:MM:SS" or a plain number of seconds ("180")."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"--max-time {value!r}: expected DD:HH:MM:SS or seconds, e.g. 00:00:03:00")
+        return text
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(
+            f"--max-time {value!r}: expected DD:HH:MM:SS or seconds, e.g. 180"
+        ) from None
+    if seconds <= 0:
+        raise ValueError(f"--max-time must be positive, got {value!r}")
+    return {"seconds": seconds}
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's banner lines ("GPU available: False ...") on every run."""
+    import logging
+    import warnings
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
