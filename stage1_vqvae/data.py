@@ -33,6 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .sampler import EpochShuffleSampler
+
 
 class DataError(ValueError):
     """A data problem the user caused (bad spec, missing or unreadable files).
@@ -634,9 +636,8 @@ class VQDataModule(pl.LightningDataModule):
         return DataLoader(
             self.dataset(split),
             batch_size=batch_size,
-            shuffle=shuffle,
-            # A fresh generator per loader: the same seed gives the same order every run.
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            # order depends on (seed, epoch) only, so --resume replays the same batches
+            sampler=EpochShuffleSampler(len(self.dataset(split)), self.seed) if shuffle else None,
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -1,0 +1,104 @@
+"""Code-map folders as training data for the prior.
+
+Reads only stage one's code-map files (``stage1_vqvae.codes``): ``num_codes``,
+``code_shape``, ``num_classes`` and class names come from ``meta.json``, never from flags.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from stage1_vqvae.codes import CodeMapError, CodeMaps, read_code_maps
+from stage1_vqvae.sampler import EpochShuffleSampler
+
+SPLITS = ("train", "val")
+# facts both splits must share, or the prior would learn one thing and be judged on another
+_MUST_MATCH = ("num_codes", "code_shape", "num_classes", "class_names", "vqvae_sha256")
+
+
+class CodeDataset(Dataset):
+    """(codes int64 (h, w), label int64; -1 when unlabelled), held in memory (small)."""
+
+    def __init__(self, maps: CodeMaps) -> None:
+        self.codes = torch.from_numpy(np.asarray(maps.codes).astype(np.int64))
+        if maps.labels is not None:
+            self.labels = torch.from_numpy(np.asarray(maps.labels).astype(np.int64))
+        else:
+            self.labels = torch.full((len(maps),), -1, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.codes.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.codes[i], self.labels[i]
+
+
+def open_code_splits(codes_dir: str | os.PathLike) -> dict[str, CodeMaps]:
+    """Open ``codes_dir/train`` and ``codes_dir/val`` and check they describe the same codes."""
+    root = Path(codes_dir)
+    if not root.exists():
+        raise FileNotFoundError(f"code folder {root} does not exist; run `vqgen encode` first")
+    if (root / "meta.json").is_file():
+        raise CodeMapError(
+            f"{root} is a single split; pass its parent folder, which must hold train/ and val/"
+        )
+    maps = {}
+    for split in SPLITS:
+        if not (root / split).is_dir():
+            raise CodeMapError(
+                f"no {split}/ code maps in {root}; expected {root}/train and {root}/val "
+                "written by `vqgen encode`"
+            )
+        maps[split] = read_code_maps(root / split)
+    a, b = maps["train"].meta, maps["val"].meta
+    for key in _MUST_MATCH:
+        if a.get(key) != b.get(key):
+            raise CodeMapError(
+                f"{root}/train and {root}/val disagree on {key} ({a.get(key)} vs {b.get(key)}); "
+                "re-encode both splits with the same VQ-VAE"
+            )
+    if len(maps["train"]) == 0:
+        raise CodeMapError(f"{root}/train holds no code maps")
+    return maps
+
+
+class CodeMapDataModule(pl.LightningDataModule):
+    """Batches (codes (B, h, w) int64, labels (B,) int64) from a code folder's splits."""
+
+    def __init__(self, codes_dir: str, batch_size: int = 64, num_workers: int = 0,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.codes_dir, self.batch_size = codes_dir, batch_size
+        self.num_workers, self.seed = num_workers, seed
+        self.maps = open_code_splits(codes_dir)
+        self._sets: dict[str, CodeDataset] = {}
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.maps["train"].meta
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in SPLITS:
+            if split not in self._sets:
+                self._sets[split] = CodeDataset(self.maps[split])
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        ds = self._sets["train"]
+        # order depends on (seed, epoch) only, so --resume replays the same batches
+        sampler = EpochShuffleSampler(len(ds), self.seed)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler,
+                          drop_last=len(ds) > self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(self._sets["val"], batch_size=max(self.batch_size, 256),
+                          num_workers=self.num_workers)

@@ -1,0 +1,124 @@
+"""LightningModule for the gated PixelCNN prior and its checkpoint loader.
+
+Every init argument is a plain value; ``num_codes``, ``code_shape``, ``num_classes`` and
+``class_names`` come from the code maps' ``meta.json`` and the VQ-VAE that made them is
+recorded (``vqvae_checkpoint``, ``vqvae_sha256``) so sampling needs only this checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from stage1_vqvae.checkpoint import checkpoint_stamp, read_checkpoint
+
+from .model import GatedPixelCNN
+
+LN2 = math.log(2.0)
+
+
+class LitPrior(pl.LightningModule):
+    """Trains :class:`GatedPixelCNN` by maximum likelihood on code maps.
+
+    Logs ``train/loss`` (= train NLL, nats per code), ``val/nll`` (nats per code),
+    ``val/bits_per_code`` and, for class-conditional models, ``val/nll_uncond`` (the
+    same model with the null class, i.e. what unconditional sampling draws from).
+    """
+
+    def __init__(
+        self,
+        num_codes: int = 256,
+        code_shape: tuple[int, int] = (7, 7),
+        num_classes: int = 0,
+        class_names: tuple[str, ...] = (),
+        hidden: int = 64,
+        num_layers: int = 8,
+        kernel_size: int = 3,
+        head_hidden: int = 128,
+        cond_drop: float = 0.1,
+        lr: float = 3e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 50,
+        min_lr_ratio: float = 0.05,
+        batch_size: int = 64,
+        seed: int = 0,
+        codes_dir: str = "",
+        vqvae_checkpoint: str = "",
+        vqvae_sha256: str = "",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not 0.0 <= cond_drop < 1.0:
+            raise ValueError(f"--cond-drop {cond_drop} must be in [0, 1)")
+        self.model = GatedPixelCNN(
+            num_codes, tuple(code_shape), num_classes=num_classes, hidden=hidden,
+            num_layers=num_layers, kernel_size=kernel_size, head_hidden=head_hidden,
+        )
+
+    @property
+    def num_codes(self) -> int:
+        return self.model.num_codes
+
+    @property
+    def code_shape(self) -> tuple[int, int]:
+        return self.model.code_shape
+
+    def _labels(self, labels: Tensor) -> Tensor | None:
+        return labels if self.model.num_classes > 0 else None
+
+    def forward(self, codes: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.model(codes, labels)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        codes, labels = batch
+        lab = self._labels(labels)
+        if lab is not None and self.hparams.cond_drop > 0:
+            lab = self.model.drop_labels(lab, self.hparams.cond_drop)
+        nll = F.cross_entropy(self.model(codes, lab), codes)
+        self.log("train/loss", nll, prog_bar=True, batch_size=codes.shape[0])
+        return nll
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        codes, labels = batch
+        bs = codes.shape[0]
+        nll = F.cross_entropy(self.model(codes, self._labels(labels)), codes)
+        self.log("val/nll", nll, batch_size=bs, sync_dist=True, prog_bar=True)
+        self.log("val/bits_per_code", nll / LN2, batch_size=bs, sync_dist=True)
+        if self.model.num_classes > 0:
+            nll_u = F.cross_entropy(self.model(codes, None), codes)
+            self.log("val/nll_uncond", nll_u, batch_size=bs, sync_dist=True)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
+        warmup = max(1, self.hparams.warmup_steps)
+        floor = self.hparams.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not math.isfinite(total) or total <= warmup:
+                return 1.0
+            t = min(1.0, (step - warmup) / (total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vqgen"] = checkpoint_stamp("prior")
+
+
+def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LitPrior:
+    """Rebuild a trained :class:`LitPrior` (eval mode) from its checkpoint alone."""
+    ckpt = read_checkpoint(path, "prior")
+    lit = LitPrior(**dict(ckpt.get("hyper_parameters", {})))
+    lit.load_state_dict(ckpt["state_dict"])
+    lit.checkpoint_path = str(path)
+    return lit.to(map_location).eval()

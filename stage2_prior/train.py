@@ -1,0 +1,74 @@
+"""Train the prior on a code folder (``codes/train`` + ``codes/val``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from stage1_vqvae.train import prepare_run_dir
+from stage1_vqvae.trainer import make_trainer, quiet_lightning
+
+from .data import CodeMapDataModule
+from .lit import LitPrior, load_prior
+
+PRIOR_DEFAULTS: dict[str, Any] = dict(
+    hidden=64, num_layers=8, kernel_size=3, head_hidden=128, cond_drop=0.1, lr=3e-3,
+    batch_size=64, max_epochs=12,
+)
+
+
+@dataclass
+class PriorResult:
+    out_dir: Path
+    last: Path
+    best: Path | None
+    metrics: dict[str, float]
+
+
+def train_prior(
+    codes_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    model_args: dict[str, Any],
+    *,
+    trainer_args: dict[str, Any],
+    batch_size: int = 64,
+    seed: int = 0,
+    num_workers: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> PriorResult:
+    """Fit a :class:`LitPrior` on ``codes_dir``; facts about the codes come from meta.json.
+
+    model_args: hidden, num_layers, kernel_size, head_hidden, cond_drop, lr, ... (ignored
+    on resume: the checkpoint is the config).
+    """
+    quiet_lightning()
+    out = Path(out_dir)
+    ckpt_path = prepare_run_dir(out, resume=resume, overwrite=overwrite, verb="train-prior")
+    if ckpt_path is not None:
+        lit = load_prior(ckpt_path)
+        hp = lit.hparams
+        codes_dir, batch_size, seed = hp.codes_dir, hp.batch_size, hp.seed
+    pl.seed_everything(seed, workers=True, verbose=False)
+    dm = CodeMapDataModule(str(codes_dir), batch_size=batch_size, num_workers=num_workers,
+                           seed=seed)
+    if ckpt_path is None:
+        meta = dm.meta
+        lit = LitPrior(
+            **model_args, num_codes=int(meta["num_codes"]),
+            code_shape=tuple(int(s) for s in meta["code_shape"]),
+            num_classes=int(meta.get("num_classes", 0)),
+            class_names=tuple(meta.get("class_names", [])), batch_size=batch_size, seed=seed,
+            codes_dir=str(Path(codes_dir).resolve()),
+            vqvae_checkpoint=str(meta.get("vqvae_checkpoint") or ""),
+            vqvae_sha256=str(meta.get("vqvae_sha256") or ""),
+        )
+    trainer = make_trainer(out, monitor="val/nll", mode="min", **trainer_args)
+    trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    best = out / "best.ckpt"
+    return PriorResult(out, out / "last.ckpt", best if best.exists() else None, metrics)
