@@ -83,8 +83,9 @@ def _add_data_args(p: argparse.ArgumentParser, default: str | None = "mnist5k") 
     g.add_argument("--data-root", default="data",
                    help="where torchvision data sets live (default ./data)")
     g.add_argument("--download", action="store_true", help="let torchvision download (needs internet)")
-    g.add_argument("--val-fraction", type=float, default=0.1,
-                   help="held-out fraction for mnist5k and folders (default 0.1)")
+    g.add_argument("--val-fraction", type=float, default=None,
+                   help="held-out fraction for mnist5k and folders (default 0.1; with --vqvae: "
+                   "the checkpoint's)")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
 
 
@@ -134,7 +135,8 @@ def add_train_vqvae(subs) -> None:
                    help="mnist: 28x28 grey -> 7x7 codes; cifar: 32x32 colour -> 8x8 (default by --data)")
     g.add_argument("--channels", type=int, choices=[1, 3], default=None)
     g.add_argument("--image-size", type=_image_size, default=None, help="N or HxW")
-    g.add_argument("--downsample", type=int, default=None, help="power of two: 4 makes 28 -> 7")
+    g.add_argument("--downsample", type=_positive_int, default=None,
+                   help="power of two: 4 makes 28 -> 7")
     g.add_argument("--num-codes", type=_positive_int, default=None, help="codebook size K")
     g.add_argument("--code-dim", type=_positive_int, default=None)
     g.add_argument("--hidden", type=_positive_int, default=None)
@@ -180,7 +182,7 @@ def vqvae_config(args: argparse.Namespace) -> tuple[dict, dict, int]:
         data=args.data, data_root=args.data_root, download=args.download,
         channels=preset.pop("channels"), image_size=tuple(preset.pop("image_size")),
         batch_size=preset.pop("batch_size"), num_workers=args.num_workers,
-        val_fraction=args.val_fraction, seed=args.seed,
+        val_fraction=0.1 if args.val_fraction is None else args.val_fraction, seed=args.seed,
     )
     max_epochs = int(preset.pop("max_epochs"))
     return preset, data_args, max_epochs
@@ -233,7 +235,8 @@ def _dataset_for(lit, args: argparse.Namespace, split: str):
     return build_dataset(
         args.data or hp.data, split, data_root=args.data_root, download=args.download,
         channels=int(hp.channels), image_size=tuple(hp.image_size),
-        val_fraction=args.val_fraction, seed=int(hp.seed),
+        val_fraction=float(hp.val_fraction) if args.val_fraction is None else args.val_fraction,
+        seed=int(hp.seed),
     )
 
 
@@ -252,15 +255,23 @@ def cmd_encode(args: argparse.Namespace) -> int:
     lit = load_vqvae(args.vqvae)
     device = resolve_device(args.device)
     datasets = {s: _dataset_for(lit, args, s) for s in splits}  # fail before writing anything
-    for split, ds in datasets.items():
-        info = ds.info
-        folder = encode_dataset(
-            lit, ds, out / split, num_classes=info.num_classes, class_names=list(info.class_names),
-            source=info.source, checkpoint_path=args.vqvae, batch_size=args.batch_size,
-            device=device,
-        )
-        print(f"codes {split + ':':6} {folder} ({len(ds)} maps of {lit.code_shape[0]}x"
-              f"{lit.code_shape[1]}, K={lit.num_codes})")
+    created = not out.exists()
+    try:
+        for split, ds in datasets.items():
+            info = ds.info
+            folder = encode_dataset(
+                lit, ds, out / split, num_classes=info.num_classes,
+                class_names=list(info.class_names), source=info.source,
+                checkpoint_path=args.vqvae, batch_size=args.batch_size, device=device,
+            )
+            print(f"codes {split + ':':6} {folder} ({len(ds)} maps of {lit.code_shape[0]}x"
+                  f"{lit.code_shape[1]}, K={lit.num_codes})")
+    except BaseException:
+        if created:  # a lazily read image failed mid-way: leave no partial --out behind
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return 0
 
 

@@ -52,10 +52,12 @@ def run_demo(args: argparse.Namespace) -> dict[str, Path]:
         vargs = parser.parse_args(["train-vqvae", "--data", "mnist5k", "--seed", str(args.seed)])
         model_args, data_args, _ = vqvae_config(vargs)
         epochs = args.vqvae_epochs or DEMO_VQVAE_EPOCHS
+        t1 = time.monotonic()
         res = train_vqvae(vq_dir, model_args, data_args=data_args,
                           trainer_args=dict(max_epochs=epochs, accelerator=args.accelerator),
                           resume=resume, overwrite=not resume, device=device)
         info = {k: res.metrics.get(k) for k in ("val/psnr", "val/codebook_usage", "val/perplexity")}
+        info["seconds"] = round(time.monotonic() - t1, 1)  # fit + code maps
         _mark_done(vq_dir, info)
     print(f"      PSNR {info.get('val/psnr', 0):.2f} dB, codebook usage "
           f"{info.get('val/codebook_usage', 0):.1%} ({time.monotonic() - t0:.0f}s)", flush=True)
@@ -69,11 +71,13 @@ def run_demo(args: argparse.Namespace) -> dict[str, Path]:
         pargs = parser.parse_args(["train-prior", "--codes", str(vq_dir / "codes")])
         model_args, batch_size, _ = prior_config(pargs)
         epochs = args.prior_epochs or DEMO_PRIOR_EPOCHS
+        t1 = time.monotonic()
         res = train_prior(vq_dir / "codes", prior_dir, model_args,
                           trainer_args=dict(max_epochs=epochs, accelerator=args.accelerator),
                           batch_size=batch_size, seed=args.seed, resume=resume,
                           overwrite=not resume)
         pinfo = {k: res.metrics.get(k) for k in ("val/nll", "val/bits_per_code")}
+        pinfo["seconds"] = round(time.monotonic() - t1, 1)
         _mark_done(prior_dir, pinfo)
     print(f"      held-out {pinfo.get('val/bits_per_code', 0):.3f} bits per code "
           f"({time.monotonic() - t0:.0f}s)", flush=True)

@@ -49,10 +49,17 @@ def read_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:
         ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        truncated = any(s in msg for s in ("failed finding central directory",
-                                           "failed reading", "unexpected EOF", "EOF"))
+        # a torch zip checkpoint whose end (the zip directory) is missing: cut short
+        cut_zip = _starts_with(path, b"PK\x03\x04") and not zipfile.is_zipfile(path)
+        truncated = cut_zip or any(s in msg for s in ("failed finding central directory",
+                                                      "failed reading", "unexpected EOF", "EOF"))
         what = "is truncated or corrupt" if truncated else "is not a readable checkpoint"
         raise CheckpointError(f"{path} {what} ({msg[:120]}); re-train or copy it again") from e
+    except Exception as e:  # arbitrary bytes trip the unpickler in arbitrary ways (KeyError, ...)
+        raise CheckpointError(
+            f"{path} is not a checkpoint ({type(e).__name__}: {str(e)[:80]}); "
+            f"pass a {kind} checkpoint written by vqgen"
+        ) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a vqgen {kind} checkpoint (no state_dict)")
     stamp = ckpt.get("vqgen")
@@ -71,6 +78,11 @@ def read_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:
             f"pass it as {other}"
         )
     return ckpt
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
 
 
 def file_sha256(path: str | os.PathLike) -> str:

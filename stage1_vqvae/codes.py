@@ -77,6 +77,7 @@ class CodeMapWriter:
         meta: dict[str, Any] | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self._created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / META).unlink(missing_ok=True)
         self.count, self.code_shape, self.num_codes = count, tuple(code_shape), num_codes
@@ -145,6 +146,11 @@ class CodeMapWriter:
         self._codes = self._labels = None
         self._tmp_codes.unlink(missing_ok=True)
         self._tmp_labels.unlink(missing_ok=True)
+        if self._created:
+            try:
+                self.folder.rmdir()  # only when empty
+            except OSError:
+                pass
         self._closed = True
 
     def __enter__(self) -> CodeMapWriter:
@@ -152,7 +158,11 @@ class CodeMapWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.abort()
 

@@ -109,6 +109,7 @@ class VQVAE(nn.Module):
     ) -> None:
         super().__init__()
         h, w = image_size
+        _num_down(downsample)  # a power of two >= 2, before it is used as a divisor
         if h % downsample or w % downsample:
             raise ValueError(
                 f"image size {h}x{w} is not divisible by the down-sampling factor {downsample}; "

@@ -51,14 +51,32 @@ def nearest_codes(flat: Tensor, codebook: Tensor) -> Tensor:
     return dist_sq.argmin(1)
 
 
+def _kmeans_pp_seeds(x: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
+    """k-means++ seeding: each next seed is a point drawn with probability proportional to
+    its squared distance from the nearest seed so far. x (N, D), k <= N -> (k, D)."""
+    n = x.shape[0]
+    xc = x.detach().float().cpu()
+    sq = xc.pow(2).sum(1)
+    idx = [int(torch.randint(n, (1,), generator=generator))]
+    d2 = (sq - 2 * xc @ xc[idx[0]] + sq[idx[0]]).clamp_(min=0)
+    for _ in range(1, k):
+        total = float(d2.sum())
+        if total > 0:
+            i = int(torch.multinomial(d2 / total, 1, generator=generator))
+        else:  # every point sits on a seed already
+            i = int(torch.randint(n, (1,), generator=generator))
+        idx.append(i)
+        torch.minimum(d2, (sq - 2 * xc @ xc[i] + sq[i]).clamp_(min=0), out=d2)
+    return x[torch.tensor(idx, device=x.device)].clone()
+
+
 def kmeans(x: Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> Tensor:
-    """Plain Lloyd k-means with k-means++-like random start; x (N, D) -> centroids (k, D).
+    """Lloyd k-means with k-means++ seeding; x (N, D) -> centroids (k, D).
 
     When N < k the missing centroids are copies of random points plus small noise.
     """
     n = x.shape[0]
-    idx = torch.randperm(n, generator=generator, device="cpu")[: min(n, k)].to(x.device)
-    centroids = x[idx].clone()
+    centroids = _kmeans_pp_seeds(x, min(n, k), generator)
     if n < k:
         extra = x[torch.randint(n, (k - n,), generator=generator).to(x.device)]
         noise = torch.randn(extra.shape, generator=generator).to(x.device)

@@ -50,13 +50,17 @@ def prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, verb: str) 
                 f"{out_dir} already holds {what}; pass --resume to continue it, --overwrite to "
                 f"start over, or another --out (vqgen {verb})"
             )
-        for name in RUN_FILES:
-            p = out_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        _remove_run_files(out_dir)
     return None
+
+
+def _remove_run_files(out_dir: Path) -> None:
+    for name in RUN_FILES:
+        p = out_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
 
 
 def write_all_code_maps(
@@ -100,9 +104,12 @@ def train_vqvae(
     """
     quiet_lightning()
     out = Path(out_dir)
+    existed = out.exists()
     ckpt_path = prepare_run_dir(out, resume=resume, overwrite=overwrite, verb="train-vqvae")
     if ckpt_path is not None:
-        lit = load_vqvae(ckpt_path)
+        # load_vqvae returns eval mode; Lightning keeps module modes as they are, and the
+        # quantizer only updates its EMA codebook / restarts dead codes in train mode
+        lit = load_vqvae(ckpt_path).train()
         hp = lit.hparams
         data_args = {
             **data_args, "data": hp.data, "channels": hp.channels,
@@ -125,7 +132,16 @@ def train_vqvae(
         )
     lit.preview_dir = str(out / "previews")
     trainer = make_trainer(out, monitor="val/recon_loss", mode="min", **trainer_args)
-    trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    try:
+        trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except Exception:
+        # a new run that failed before its first checkpoint (e.g. a corrupt image) leaves
+        # nothing behind, so the same command works once the input is fixed
+        if ckpt_path is None and not (out / "last.ckpt").exists():
+            _remove_run_files(out)
+            if not existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     last = out / "last.ckpt"
     best = out / "best.ckpt"

@@ -21,6 +21,8 @@ from torch import Tensor, nn
 
 from stage2_prior.layers import GatedBlock, check_kernel_size, dependency_mask
 
+SAMPLERS = ("cached", "naive")
+
 
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
@@ -301,12 +303,16 @@ class GatedPixelCNN(nn.Module):
         generator: torch.Generator | None = None,
         prefix: Tensor | None = None,
         mask: Tensor | None = None,
+        sampler: str = "cached",
     ) -> Tensor:
         """Draw ``num`` code grids of shape ``code_shape`` -> int64 (num, h, w), model's device.
 
-        Reference ("naive") sampler: positions in raster order; at each one the full forward
-        runs, the logits there get guidance (``_guided_logits``), then ``filter_logits``,
-        then one ``torch.multinomial(probs, 1, generator=generator)`` for all ``num`` rows.
+        ``sampler="naive"`` is the reference: positions in raster order; at each one the full
+        forward runs, the logits there get guidance (``_guided_logits``), then
+        ``filter_logits``, then one ``torch.multinomial(probs, 1, generator=generator)`` for
+        all ``num`` rows. ``sampler="cached"`` (the default, ``stage2_prior.cached``) keeps
+        each layer's activations and computes only what each new position needs; it makes
+        the same calls on the generator in the same order, so it gives the same grids.
 
         labels int (num,) in [0, num_classes) or None (unconditional: the null class).
         guidance != 1 needs labels. ``generator`` must live on the model's device; the same
@@ -314,6 +320,44 @@ class GatedPixelCNN(nn.Module):
         (h, w) or (num, h, w); where mask is True the prefix code is kept and never drawn.
         A position kept in every row is skipped without a draw; otherwise every row draws
         (so the generator advances the same way whatever the mask), and kept rows discard it.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler={sampler!r} must be one of {', '.join(SAMPLERS)}")
+        idx, codes, keep = self._prepare_sampling(num, labels, temperature, top_k, top_p,
+                                                  guidance, generator, prefix, mask)
+        if sampler == "cached":
+            from stage2_prior.cached import sample_prepared  # cached.py imports this module
+
+            return sample_prepared(self, codes, keep, idx, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, guidance=guidance, generator=generator)
+        h, w = self.code_shape
+        for i in range(h):
+            for j in range(w):
+                keep_ij = keep[:, i, j]
+                if bool(keep_ij.all()):
+                    continue
+                logits = self._guided_logits(codes, idx, i, j, guidance)
+                logits = filter_logits(logits, temperature, top_k, top_p)
+                probs = logits.float().softmax(dim=1)
+                draw = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                codes[:, i, j] = torch.where(keep_ij, codes[:, i, j], draw)
+        return codes
+
+    def _prepare_sampling(
+        self,
+        num: int,
+        labels: Tensor | None,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        guidance: float,
+        generator: torch.Generator | None,
+        prefix: Tensor | None,
+        mask: Tensor | None,
+    ) -> tuple[Tensor | None, Tensor, Tensor]:
+        """Check the arguments of ``sample`` (``ValueError`` on bad input) ->
+        (label index int64 (num,) or None, codes int64 (num, h, w), keep bool (num, h, w)),
+        all on the model's device. Shared by every sampler, so they refuse the same input.
         """
         validate_sampling_args(self.num_codes, temperature, top_k, top_p, guidance)
         if not _is_int(num) or num < 1:
@@ -327,15 +371,4 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(f"generator is on {generator.device} but the model is on "
                              f"{device}; make the generator on the model's device")
         codes, keep = self._prepare_completion(num, prefix, mask)
-        h, w = self.code_shape
-        for i in range(h):
-            for j in range(w):
-                keep_ij = keep[:, i, j]
-                if bool(keep_ij.all()):
-                    continue
-                logits = self._guided_logits(codes, idx, i, j, guidance)
-                logits = filter_logits(logits, temperature, top_k, top_p)
-                probs = logits.float().softmax(dim=1)
-                draw = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                codes[:, i, j] = torch.where(keep_ij, codes[:, i, j], draw)
-        return codes
+        return idx, codes, keep

@@ -458,11 +458,17 @@ def test_datamodule_loaders():
     assert [len(b[1]) for b in val][-1] == 500 - 7 * 64
     assert not train.persistent_workers and not train.pin_memory
     # Same seed -> same order (every call, every module); other seed -> other order;
-    # one loader's epochs differ from each other (its generator moves on).
+    # epochs differ, and epoch k's order depends only on (seed, k) so --resume replays it.
     fresh = dm.train_dataloader()
     order = list(fresh.batch_sampler)
     assert list(dm.train_dataloader().batch_sampler) == order
-    assert list(fresh.batch_sampler) != order
+    assert list(fresh.batch_sampler) == order  # no hidden generator state
+    fresh.sampler.set_epoch(1)
+    epoch1 = list(fresh.batch_sampler)
+    assert epoch1 != order
+    other = dm.train_dataloader()
+    other.sampler.set_epoch(1)
+    assert list(other.batch_sampler) == epoch1
     assert sorted(i for b in order for i in b) != list(range(4500))  # 4500 % 64 dropped
     assert list(VQDataModule(batch_size=64).train_dataloader().batch_sampler) == order
     assert list(VQDataModule(batch_size=64, seed=1).train_dataloader().batch_sampler) != order

@@ -1,0 +1,338 @@
+"""Cached incremental sampling for ``GatedPixelCNN`` (the default sampler of ``sample``).
+
+The naive sampler runs the whole network once per position: h*w forward passes per grid,
+nearly all of it recomputing activations that did not change. Following the idea of
+Ramachandran et al. 2017 ("Fast Generation for Convolutional Autoregressive Models"), this
+sampler keeps, per layer, exactly the activations later positions read, and computes each
+activation once (about one forward pass of work per grid):
+
+- **vertical stack, once per row.** When row i starts, row i-1 is complete, so the vertical
+  features of row i-1 are computed for every layer at once: the layer's own (s+1, k)
+  kernel, as one matmul (im2col), over a window holding that layer's input for rows
+  i-1-s..i-1, zero padded like the full conv (``F.conv2d`` on such thin slices costs ~10x
+  more per call on CPU). The window is all a layer keeps of the rows above. Row i-1's
+  vertical features reach the horizontal stack of row i only through ``v_to_h``, so that
+  projection (plus the horizontal conv's bias and the class bias) is stored per row as
+  ``v_part[n]`` (B, w, 2*hidden).
+- **horizontal stack, position by position.** Each layer keeps its input for the current
+  row in a left-zero-padded buffer (B, pad + w, hidden), channels last. At (i, j) layer n
+  reads its s+1 column window (one view, one ``addmm`` with the (1, s+1) kernel laid out
+  as a matrix), adds ``v_part[n][:, j]``, gates, and writes its output (plus the residual)
+  into column j of layer n+1's buffer. Layer 0's buffer holds the code embeddings of the
+  row, shifted one column (its "mask A" window ends at j-1). The gated outputs of all
+  layers go to one (B, L*hidden) buffer; the skip sum is a single matmul with the stacked
+  skip weights, then the head as two matmuls. With a batch of one grid these products are
+  matrix-vector products (``addmv``), which stream the weights ~2x faster than a one-row
+  ``addmm``; a single grid is bound by that weight traffic (every position reads every
+  horizontal, skip and head weight once), a batch amortises it.
+
+Position (i, j)'s horizontal activations do not depend on the code at (i, j), so the code
+is drawn after they are computed and its embedding written into layer 0's buffer for
+column j+1. Everything lives in local tensors of one call (nothing is kept on the model),
+so no state leaks between calls and memory is released when the call returns.
+
+Exactness: the arithmetic is that of the full forward pass, regrouped (slice convs and
+matmuls instead of whole-grid convs, the skip sum in one matmul), so logits agree with
+``forward`` to float rounding (~1e-6 relative), not bit for bit. Drawing uses the very same
+calls as the naive sampler (``filter_logits``, ``softmax``, one ``torch.multinomial(probs,
+1, generator)`` of the same shape per drawn position, in the same order), so both consume
+the generator identically and give the same grids unless a draw falls within rounding of
+a boundary: two codes whose sampling scores (torch draws one sample as the argmax of
+``probs / Exponential(1)`` noise) tie to ~1e-7, or a top-p / top-k cut-off that sits on
+a float tie. The logits differ by ~1e-7, so such a flip has a probability of the order
+of 1e-7 per draw: the tests' configurations match exactly, and a rare flip would still be
+a correct sample from the same distribution, just not the naive sampler's one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from stage2_prior.model import GatedPixelCNN, filter_logits
+
+LogitsHook = Callable[[int, int, Tensor], None]
+
+
+def _per_position(weight: Tensor, vec: bool) -> Tensor:
+    """An (out, in) matrix as the per-position products take it: itself for ``addmv``
+    (batch 1), its transpose (a view) as ``addmm``'s second operand."""
+    return weight if vec else weight.t()
+
+
+class IncrementalState:
+    """The cached activations of one batch of grids being generated in raster order.
+
+    ``labels`` int64 (B,) in [0, num_classes] or None (unconditional model); B is the batch
+    the network runs on (2*num with classifier-free guidance). Usage, for every row i::
+
+        state.begin_row(i, codes_of_row_i_minus_1)   # (B, w) int64; None for row 0
+        for j in ...:                                  # 0, 1, 2, ... without gaps
+            state.step(j)                              # horizontal stack at (i, j)
+            logits = state.logits()                    # (B, K), only where needed
+            state.set_code(j, code)                    # (B,) int64, before step(j + 1)
+
+    Weights are read from ``model`` when the state is built (views, except the horizontal
+    kernels, copied into matrix layout); the state must not outlive a change of the
+    weights. Run it under ``torch.no_grad()`` or ``torch.inference_mode()`` (it writes into
+    its buffers with ``out=``, which autograd refuses).
+    """
+
+    def __init__(self, model: GatedPixelCNN, labels: Tensor | None, batch: int,
+                 width: int) -> None:
+        hid = model.hidden
+        s = model.kernel_size // 2
+        weight = model.embed.weight
+        dt, dev = weight.dtype, weight.device
+        self.model = model
+        self.batch, self.width, self.hid, self.s = batch, width, hid, s
+        self.num_layers = nl = model.num_layers
+        self.embed_w = weight
+
+        # batch 1 runs matrix-vector products (addmv) on 1-D views: with the weights in L3
+        # rather than L2, MKL's gemm with one row is ~2x slower than its gemv
+        self.vec = vec = batch == 1
+        self.v_w, self.v_b, self.vh_w, self.h_w, self.o_w, self.o_b = [], [], [], [], [], []
+        self.cond: list[Tensor | None] = []
+        self.v_part_bias: list[Tensor] = []
+        for n, block in enumerate(model.blocks):
+            # (2H, H, s+1, k) viewed as (H*(s+1)*k, 2H): rows ordered (channel, row, column)
+            self.v_w.append(block.v_conv.conv.weight.reshape(2 * hid, -1).t())
+            self.v_b.append(block.v_conv.conv.bias)
+            self.vh_w.append(block.v_to_h.weight[:, :, 0, 0].t())  # (2H in, 2H out)
+            # (2H, H, 1, s+1) -> (2H, (s+1)*H) contiguous, columns ordered (column offset,
+            # channel) to match a flattened (s+1, H) window of a channels-last buffer.
+            # Per-position matrices are kept (out, in) contiguous: addmv takes them as they
+            # are, addmm their transpose (also the faster layout for gemm with few rows)
+            hw = block.h_conv.conv.weight[:, :, 0, :].permute(0, 2, 1)
+            self.h_w.append(_per_position(hw.reshape(2 * hid, (s + 1) * hid), vec))
+            self.o_w.append(_per_position(block.h_out.weight[:, :, 0, 0], vec))
+            self.o_b.append(block.h_out.bias)
+            cond = None
+            if labels is not None:
+                cond = model.class_embed[n](labels)  # (B, 2H)
+            self.cond.append(cond)
+            bias = block.v_to_h.bias + block.h_conv.conv.bias  # (2H,)
+            self.v_part_bias.append(bias if cond is None else bias + cond)  # (2H,) or (B, 2H)
+        skip_w = torch.cat([b.skip.weight[:, :, 0, 0] for b in model.blocks], 1)  # (H, L*H)
+        self.skip_w = _per_position(skip_w, vec)
+        self.skip_b = torch.stack([b.skip.bias for b in model.blocks]).sum(0)
+        head1, head2 = model.head[1], model.head[3]
+        self.head1_w, self.head1_b = _per_position(head1.weight[:, :, 0, 0], vec), head1.bias
+        self.head2_w, self.head2_b = _per_position(head2.weight[:, :, 0, 0], vec), head2.bias
+
+        # vertical: each layer's input for the s+1 rows ending at the last finished row,
+        # channels last, zero padded by s columns on both sides (as the full conv is)
+        self.v_win = [torch.zeros(batch, s + 1, width + 2 * s, hid, dtype=dt, device=dev)
+                      for _ in range(nl)]
+        # horizontal: each layer's input for the current row, channels last, left padded;
+        # layer 0 (the embeddings, "mask A") by s+1 columns, the others by s
+        self.h_in = [torch.zeros(batch, width + s + (n == 0), hid, dtype=dt, device=dev)
+                     for n in range(nl)]
+        # views made once (at batch 1 the per-op dispatch cost matters), without the batch
+        # dimension when vec. Per layer and column j: the (B, (s+1)*H) window read at j,
+        # and the (B, H) column where the layer's input at j sits (its residual, and the
+        # target its writer, the layer below, fills in place)
+        sel = (lambda t: t[0]) if vec else (lambda t: t)
+        self.h_win = [[sel(buf[:, j : j + s + 1].reshape(batch, (s + 1) * hid))
+                       for j in range(width)] for buf in self.h_in]
+        self.h_col = [[sel(buf[:, j + s]) for j in range(width)] for buf in self.h_in]
+        self.embed_col = [self.h_in[0][:, j + s + 1] for j in range(width - 1)]
+        # the gated outputs of all layers at the current position, for the skip sum
+        gated = torch.empty(batch, nl * hid, dtype=dt, device=dev)
+        self.gated = sel(gated)
+        self.gated_part = [sel(gated[:, n * hid : (n + 1) * hid]) for n in range(nl)]
+        # gate pre-activations of the current position and views of their two halves
+        pre = torch.empty(batch, 2 * hid, dtype=dt, device=dev)
+        self.pre, self.pre_a, self.pre_b = sel(pre), sel(pre[:, :hid]), sel(pre[:, hid:])
+        self.v_part: list[list[Tensor]] = []
+
+    # ------------------------------------------------------------------ vertical stack
+    def begin_row(self, i: int, prev_codes: Tensor | None) -> None:
+        """Start row i: run the vertical stack of row i-1 (its codes ``prev_codes`` (B, w)
+        int64, complete) through all layers; None for row 0, where every vertical input of
+        the horizontal stack is the zero row of ``down_shift``."""
+        w, s = self.width, self.s
+        self.v_part = []
+        if i == 0:
+            assert prev_codes is None
+            # down_shift feeds zeros to v_to_h: only the biases (and the class) remain
+            self.v_part = [[bias.reshape(-1) if self.vec else bias] * w
+                           for bias in self.v_part_bias]
+            return
+        assert prev_codes is not None and tuple(prev_codes.shape) == (self.batch, w)
+        bsz, hid, k = self.batch, self.hid, 2 * s + 1
+        x = F.embedding(prev_codes, self.embed_w)  # (B, w, H): layer 0's input row
+        last = self.num_layers - 1
+        for n in range(self.num_layers):
+            row = F.pad(x, (0, 0, s, s)).unsqueeze(1)  # (B, 1, w + 2s, H)
+            win = torch.cat([self.v_win[n][:, 1:], row], dim=1)  # rows i-1-s .. i-1
+            self.v_win[n] = win
+            # im2col: (B, s+1, w, H, k) view -> (B*w, H*(s+1)*k) in the weight's order
+            cols = win.unfold(2, k, 1).permute(0, 2, 3, 1, 4).reshape(bsz * w, -1)
+            v_feat = torch.addmm(self.v_b[n], cols, self.v_w[n]).view(bsz, w, 2 * hid)
+            part = torch.matmul(v_feat, self.vh_w[n])  # (B, w, 2H)
+            bias = self.v_part_bias[n]
+            part = part + (bias if bias.dim() == 1 else bias[:, None, :])
+            self.v_part.append(part[0].unbind(0) if self.vec else part.unbind(1))
+            if n < last:
+                cond = self.cond[n]
+                if cond is not None:
+                    v_feat = v_feat + cond[:, None, :]
+                x = torch.tanh(v_feat[..., :hid]) * torch.sigmoid(v_feat[..., hid:])
+
+    # ---------------------------------------------------------------- horizontal stack
+    def step(self, j: int) -> None:
+        """Run the horizontal stack of every layer at column j of the current row (columns
+        < j done, the codes before j set); fills the gated outputs used by ``logits``."""
+        pre, pre_a, pre_b = self.pre, self.pre_a, self.pre_b
+        v_part, h_win, h_w, h_col = self.v_part, self.h_win, self.h_w, self.h_col
+        o_w, o_b, gated_part = self.o_w, self.o_b, self.gated_part
+        last = self.num_layers - 1
+        if self.vec:
+            for n in range(self.num_layers):
+                torch.addmv(v_part[n][j], h_w[n], h_win[n][j], out=pre)  # (2H,)
+                g = gated_part[n]
+                torch.mul(torch.tanh(pre_a), torch.sigmoid(pre_b), out=g)
+                if n < last:
+                    # layer n's output at j is layer n+1's input there: written in place
+                    out = torch.addmv(o_b[n], o_w[n], g, out=h_col[n + 1][j])
+                    if n > 0:
+                        out.add_(h_col[n][j])  # residual
+            return
+        for n in range(self.num_layers):
+            torch.addmm(v_part[n][j], h_win[n][j], h_w[n], out=pre)  # (B, 2H)
+            g = gated_part[n]
+            torch.mul(torch.tanh(pre_a), torch.sigmoid(pre_b), out=g)
+            if n < last:
+                out = torch.addmm(o_b[n], g, o_w[n], out=h_col[n + 1][j])
+                if n > 0:
+                    out.add_(h_col[n][j])
+
+    def logits(self) -> Tensor:
+        """Logits (B, K) at the position of the last ``step``: skip sum -> ReLU -> head."""
+        if self.vec:
+            skips = torch.addmv(self.skip_b, self.skip_w, self.gated).relu_()
+            hidden = torch.addmv(self.head1_b, self.head1_w, skips).relu_()
+            return torch.addmv(self.head2_b, self.head2_w, hidden).unsqueeze(0)
+        skips = torch.addmm(self.skip_b, self.gated, self.skip_w).relu_()
+        hidden = torch.addmm(self.head1_b, skips, self.head1_w).relu_()
+        return torch.addmm(self.head2_b, hidden, self.head2_w)
+
+    def set_code(self, j: int, codes: Tensor) -> None:
+        """Codes int64 (B,) at column j of the current row: layer 0 reads them from j+1 on."""
+        if j < self.width - 1:
+            self.embed_col[j].copy_(F.embedding(codes, self.embed_w))
+
+
+def _network_labels(model: GatedPixelCNN, idx: Tensor | None, guided: bool) -> Tensor | None:
+    """Labels the network runs on: idx, or [idx; null] for classifier-free guidance."""
+    if not guided:
+        return idx
+    assert idx is not None
+    return torch.cat([idx, torch.full_like(idx, model.null_label)])
+
+
+@torch.no_grad()
+def sample_prepared(
+    model: GatedPixelCNN,
+    codes: Tensor,
+    keep: Tensor,
+    idx: Tensor | None,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    guidance: float = 1.0,
+    generator: torch.Generator | None = None,
+    on_logits: LogitsHook | None = None,
+) -> Tensor:
+    """The cached sampler on arguments already checked by ``GatedPixelCNN._prepare_sampling``.
+
+    codes int64 (num, h, w) (kept positions filled), keep bool (num, h, w), idx int64 (num,)
+    or None, all on the model's device. Fills ``codes`` in place and returns it.
+    ``on_logits(i, j, logits)``, if given, sees the guided logits (num, K) before filtering
+    at every position that is drawn. Same draws, in the same order, as the naive sampler.
+    """
+    num, h, w = codes.shape
+    guided = idx is not None and guidance != 1
+    net_labels = _network_labels(model, idx, guided)
+    # positions drawn (not kept in every row), decided up front: no per-position sync
+    drawn = (~keep.all(dim=0)).tolist()  # (h, w) nested lists of bool
+    rows = [i for i in range(h) if any(drawn[i])]
+    if not rows:
+        return codes
+    state = IncrementalState(model, net_labels, 2 * num if guided else num, w)
+
+    def net(x: Tensor) -> Tensor:  # codes (num, ...) as the network's batch sees them
+        return torch.cat([x, x]) if guided else x
+
+    for i in range(rows[-1] + 1):
+        state.begin_row(i, net(codes[:, i - 1]) if i else None)
+        if not any(drawn[i]):
+            continue  # nothing drawn in this row: its horizontal stack feeds nothing
+        last_j = max(j for j in range(w) if drawn[i][j])
+        for j in range(last_j + 1):
+            state.step(j)
+            if drawn[i][j]:
+                logits = state.logits()
+                if guided:
+                    cond, uncond = logits.chunk(2)
+                    logits = uncond + guidance * (cond - uncond)
+                if on_logits is not None:
+                    on_logits(i, j, logits)
+                logits = filter_logits(logits, temperature, top_k, top_p)
+                probs = logits.float().softmax(dim=1)
+                draw = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                codes[:, i, j] = torch.where(keep[:, i, j], codes[:, i, j], draw)
+            if j < last_j:
+                state.set_code(j, net(codes[:, i, j]))
+    return codes
+
+
+@torch.no_grad()
+def sample_cached(
+    model: GatedPixelCNN,
+    num: int,
+    *,
+    labels: Tensor | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    guidance: float = 1.0,
+    generator: torch.Generator | None = None,
+    prefix: Tensor | None = None,
+    mask: Tensor | None = None,
+    on_logits: LogitsHook | None = None,
+) -> Tensor:
+    """``model.sample(num, ..., sampler="cached")`` with an optional ``on_logits(i, j,
+    logits)`` hook (guided logits (num, K) before filtering, at every drawn position)."""
+    idx, codes, keep = model._prepare_sampling(num, labels, temperature, top_k, top_p,
+                                               guidance, generator, prefix, mask)
+    return sample_prepared(model, codes, keep, idx, temperature=temperature, top_k=top_k,
+                           top_p=top_p, guidance=guidance, generator=generator,
+                           on_logits=on_logits)
+
+
+@torch.no_grad()
+def incremental_logits(model: GatedPixelCNN, codes: Tensor, labels: Tensor | None = None
+                       ) -> Tensor:
+    """Logits (B, K, h, w) of ``codes`` int (B, h, w) computed by the cached machinery,
+    position by position (teacher forcing); equals ``model(codes, labels)`` to float
+    rounding. labels as in ``forward`` ([0, num_classes], None = null class)."""
+    codes = model._check_codes(codes)
+    b, h, w = codes.shape
+    idx = model._label_index(labels, b, allow_null=True)
+    state = IncrementalState(model, idx, b, w)
+    out = torch.empty(b, model.num_codes, h, w, dtype=model.embed.weight.dtype,
+                      device=codes.device)
+    for i in range(h):
+        state.begin_row(i, codes[:, i - 1] if i else None)
+        for j in range(w):
+            state.step(j)
+            out[:, :, i, j] = state.logits()
+            state.set_code(j, codes[:, i, j])
+    return out
