@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -40,11 +42,15 @@ def read_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:
         hint = " (a folder: pass the .ckpt inside it, e.g. last.ckpt)" if path.is_dir() else ""
         raise FileNotFoundError(f"checkpoint {path} does not exist{hint}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's message is a paragraph; the useful part names the refused global
+        found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+)", str(e))
+        why = found.group(1) if found else "it holds objects other than tensors and plain values"
         raise CheckpointError(
-            f"{path} was refused by the safe loader (weights_only=True): {first[:160]}; "
+            f"{path} was refused by the safe loader (weights_only=True; {why}); "
             "it is not a vqgen checkpoint, or it holds code; use a checkpoint vqgen wrote"
         ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
