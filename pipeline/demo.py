@@ -26,6 +26,11 @@ def _done(folder: Path) -> dict | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    """A metric for the progress lines; None when a resumed stage had nothing left to train."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def _mark_done(folder: Path, info: dict) -> None:
     with atomic_file(folder / "done.json") as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
@@ -59,8 +64,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Path]:
         info = {k: res.metrics.get(k) for k in ("val/psnr", "val/codebook_usage", "val/perplexity")}
         info["seconds"] = round(time.monotonic() - t1, 1)  # fit + code maps
         _mark_done(vq_dir, info)
-    print(f"      PSNR {info.get('val/psnr', 0):.2f} dB, codebook usage "
-          f"{info.get('val/codebook_usage', 0):.1%} ({time.monotonic() - t0:.0f}s)", flush=True)
+    print(f"      PSNR {_fmt(info.get('val/psnr'), '.2f')} dB, codebook usage "
+          f"{_fmt(info.get('val/codebook_usage'), '.1%')} ({time.monotonic() - t0:.0f}s)",
+          flush=True)
 
     if (pinfo := _done(prior_dir)) is not None:
         print(f"[2/3] stage two: reusing {prior_dir} (finished; delete it to retrain)")
@@ -79,7 +85,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Path]:
         pinfo = {k: res.metrics.get(k) for k in ("val/nll", "val/bits_per_code")}
         pinfo["seconds"] = round(time.monotonic() - t1, 1)
         _mark_done(prior_dir, pinfo)
-    print(f"      held-out {pinfo.get('val/bits_per_code', 0):.3f} bits per code "
+    print(f"      held-out {_fmt(pinfo.get('val/bits_per_code'), '.3f')} bits per code "
           f"({time.monotonic() - t0:.0f}s)", flush=True)
 
     print(f"[3/3] sampling {args.per_class} per class into {samples_dir}", flush=True)

@@ -137,20 +137,11 @@ def sample(
     for s in range(0, num, batch_size):
         n = min(batch_size, num - s)
         lab = None if labels is None else labels[s : s + n].to(device)
-        kwargs = dict(labels=lab, temperature=temperature, top_k=top_k, top_p=top_p,
-                      guidance=guidance, generator=gen)
-        if _has_sampler_arg(model):
-            kwargs["sampler"] = sampler
-        codes = model.sample(n, **kwargs)
+        codes = model.sample(n, labels=lab, temperature=temperature, top_k=top_k, top_p=top_p,
+                             guidance=guidance, generator=gen, sampler=sampler)
         out_codes.append(codes.cpu())
         out_images.append(dec.decode_codes(codes).cpu())
     return Samples(torch.cat(out_codes), torch.cat(out_images), labels)
-
-
-def _has_sampler_arg(model) -> bool:
-    import inspect
-
-    return "sampler" in inspect.signature(model.sample).parameters
 
 
 def write_samples(

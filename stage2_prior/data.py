@@ -56,6 +56,11 @@ def open_code_splits(codes_dir: str | os.PathLike) -> dict[str, CodeMaps]:
                 f"no {split}/ code maps in {root}; expected {root}/train and {root}/val "
                 "written by `vqgen encode`"
             )
+        if not (root / split / "meta.json").is_file():
+            raise CodeMapError(
+                f"{root / split} holds no complete code maps (no meta.json); run `vqgen encode "
+                f"--out {root}` again"
+            )
         maps[split] = read_code_maps(root / split)
     a, b = maps["train"].meta, maps["val"].meta
     for key in _MUST_MATCH:

@@ -50,7 +50,7 @@ def train_prior(
     out = Path(out_dir)
     ckpt_path = prepare_run_dir(out, resume=resume, overwrite=overwrite, verb="train-prior")
     if ckpt_path is not None:
-        lit = load_prior(ckpt_path)
+        lit = load_prior(ckpt_path).train()  # load_prior returns eval mode; Lightning keeps it
         hp = lit.hparams
         codes_dir, batch_size, seed = hp.codes_dir, hp.batch_size, hp.seed
     pl.seed_everything(seed, workers=True, verbose=False)
