@@ -389,7 +389,7 @@ def add_train_prior(subs) -> None:
     p = _sub(subs, "train-prior", f"Train the gated PixelCNN prior on code maps ({from_meta}).")
     p.add_argument("--codes", required=True, help="code folder holding train/ and val/")
     g = p.add_argument_group("model")
-    g.add_argument("--hidden", type=_positive_int, default=None, help="channels (default 64)")
+    g.add_argument("--hidden", type=_positive_int, default=None, help="channels (default 48)")
     g.add_argument("--num-layers", type=_positive_int, default=None, help="gated layers (default 8)")
     g.add_argument("--kernel-size", type=int, default=None, help="odd, >= 3 (default 3)")
     g.add_argument("--head-hidden", type=_positive_int, default=None)

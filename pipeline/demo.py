@@ -14,9 +14,9 @@ from pathlib import Path
 
 from stage1_vqvae.fsutil import atomic_file
 
-# CPU-sized: about 3 + 1 minutes of training on 2 cores (see benchmarks/stage2.py)
+# CPU-sized: about 2 + 2 minutes of training on 2 cores (see benchmarks/stage2.py)
 DEMO_VQVAE_EPOCHS = 16
-DEMO_PRIOR_EPOCHS = 12
+DEMO_PRIOR_EPOCHS = 9
 DEMO_GUIDANCE = 1.0
 DEMO_TEMPERATURE = 1.0
 

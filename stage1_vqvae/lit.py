@@ -25,7 +25,7 @@ PRESETS: dict[str, dict[str, object]] = {
     # 28x28 grey digits -> 7x7 codes
     "mnist": dict(
         channels=1, image_size=(28, 28), downsample=4, hidden=64, res_hidden=32, num_res=2,
-        code_dim=32, num_codes=256, lr=2e-3, batch_size=64, max_epochs=20,
+        code_dim=32, num_codes=256, lr=4e-3, batch_size=64, max_epochs=27,
     ),
     # 32x32 colour images -> 8x8 codes
     "cifar": dict(

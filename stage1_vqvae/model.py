@@ -82,8 +82,8 @@ class Decoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z_q: Tensor) -> Tensor:
-        # sigmoid: pixels live in [0, 1] and MNIST-like data sits at the ends (0 and 1) a lot
-        return torch.sigmoid(self.net(z_q))
+        # linear output (a sigmoid saturates at 0 on MNIST's black background and stalls)
+        return self.net(z_q) + 0.5
 
 
 class VQVAE(nn.Module):

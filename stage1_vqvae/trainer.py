@@ -39,14 +39,19 @@ def make_trainer(
     CSV logs under ``out_dir/logs`` (TensorBoard too when installed), and a progress bar on a
     TTY or plain lines otherwise. ``max_time`` is "DD:HH:MM:SS" or seconds."""
     out_dir = Path(out_dir)
-    checkpoint = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=out_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    # a separate callback: Lightning's save_last only refreshes last.ckpt when "best" improves
+    last = ModelCheckpoint(
+        dirpath=out_dir, filename="last", monitor=None, save_top_k=1,
+        auto_insert_metric_name=False, enable_version_counter=False,
     )
     loggers: list = [CSVLogger(out_dir, name="logs")]
     if _has_tensorboard():
         loggers.append(TensorBoardLogger(out_dir, name="tensorboard"))
-    callbacks: list[pl.Callback] = [checkpoint]
+    callbacks: list[pl.Callback] = [best, last]
     tty = is_tty() and not quiet
     if tty:
         callbacks.append(TQDMProgressBar(refresh_rate=5))

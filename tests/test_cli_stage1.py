@@ -517,3 +517,17 @@ def test_encode_bad_splits(tiny_vqvae_run: Path, tmp_path: Path, capsys):
                      "train,test", "--out", out)
     assert_usage_error(rc, err, "encode", "--splits")
     assert not out.exists()
+
+
+def test_last_ckpt_is_refreshed_when_validation_does_not_improve(tmp_path: Path) -> None:
+    """lr 0, a frozen EMA codebook and no restarts: epoch 2's validation equals epoch 1's, so
+    "best" is not refreshed; last.ckpt must still hold the final step (Lightning's own
+    save_last would leave it at epoch 1)."""
+    out = tmp_path / "run"
+    argv = tiny_train_argv(out, "--lr", "0", "--decay", "1.0", "--dead-after", "0", "--no-codes",
+                           max_epochs=2)
+    assert main(argv) == 0
+    last = torch.load(out / "last.ckpt", weights_only=True)
+    best = torch.load(out / "best.ckpt", weights_only=True)
+    assert last["global_step"] == 2 * TINY_STEPS_PER_EPOCH
+    assert best["global_step"] == TINY_STEPS_PER_EPOCH
