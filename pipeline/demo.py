@@ -17,8 +17,8 @@ from stage1_vqvae.fsutil import atomic_file
 # CPU-sized: about 2 + 2 minutes of training on 2 cores (see benchmarks/stage2.py)
 DEMO_VQVAE_EPOCHS = 16
 DEMO_PRIOR_EPOCHS = 9
-DEMO_GUIDANCE = 1.0
-DEMO_TEMPERATURE = 1.0
+DEMO_GUIDANCE = 3.0  # classifier-free guidance: clearly class-like digits (see README)
+DEMO_TEMPERATURE = 0.9
 
 
 def _done(folder: Path) -> dict | None:
