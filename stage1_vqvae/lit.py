@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .checkpoint import CheckpointError, checkpoint_stamp, read_checkpoint
 from .model import VQVAE
+from .trainer import warmup_cosine
 
 PRESETS: dict[str, dict[str, object]] = {
     # 28x28 grey digits -> 7x7 codes
@@ -157,19 +158,8 @@ class LitVQVAE(pl.LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
-        warmup = max(1, self.hparams.warmup_steps)
-        floor = self.hparams.min_lr_ratio
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if not math.isfinite(total) or total <= warmup:
-                return 1.0
-            t = min(1.0, (step - warmup) / (total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        sched = warmup_cosine(opt, total, self.hparams.warmup_steps, self.hparams.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": sched}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vqgen"] = checkpoint_stamp("vqvae")

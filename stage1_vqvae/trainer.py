@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -111,3 +113,23 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: float, warmup_steps: int, floor: float
+) -> dict:
+    """Lightning's scheduler dict: linear warm-up over ``warmup_steps``, then cosine decay to
+    ``floor`` x the base lr at ``total_steps`` (constant when the total is unknown, e.g.
+    training bounded only by --max-time)."""
+    warmup = max(1, warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not math.isfinite(total_steps) or total_steps <= warmup:
+            return 1.0
+        t = min(1.0, (step - warmup) / (total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"scheduler": sched, "interval": "step"}
