@@ -146,7 +146,8 @@ def add_train_vqvae(subs) -> None:
     g.add_argument("--no-ema", action="store_true", help="learn the codebook by gradient, not EMA")
     g.add_argument("--decay", type=float, default=None, help="EMA decay (default 0.99)")
     g.add_argument("--no-kmeans-init", action="store_true")
-    g.add_argument("--dead-after", type=int, default=None, help="restart codes unused this many steps (default 50; 0 = never)")
+    g.add_argument("--dead-after", type=int, default=None,
+                   help="restart codes unused this many steps (default 50; 0 = never)")
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--batch-size", type=_positive_int, default=None)
     _add_trainer_args(p)
