@@ -112,6 +112,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+    # a run folder that was moved or copied and then resumed: nothing is lost, only noisy
+    warnings.filterwarnings("ignore", message=".*The dirpath has changed.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
