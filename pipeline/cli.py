@@ -242,6 +242,7 @@ def _dataset_for(lit, args: argparse.Namespace, split: str):
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    from stage1_vqvae.checkpoint import file_sha256
     from stage1_vqvae.data import SPLITS
     from stage1_vqvae.encode import encode_dataset
     from stage1_vqvae.lit import load_vqvae
@@ -256,6 +257,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     lit = load_vqvae(args.vqvae)
     device = resolve_device(args.device)
     datasets = {s: _dataset_for(lit, args, s) for s in splits}  # fail before writing anything
+    sha = file_sha256(args.vqvae)  # once for all splits
     created = not out.exists()
     try:
         for split, ds in datasets.items():
@@ -264,6 +266,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                 lit, ds, out / split, num_classes=info.num_classes,
                 class_names=list(info.class_names), source=info.source,
                 checkpoint_path=args.vqvae, batch_size=args.batch_size, device=device,
+                checkpoint_sha256=sha,
             )
             print(f"codes {split + ':':6} {folder} ({len(ds)} maps of {lit.code_shape[0]}x"
                   f"{lit.code_shape[1]}, K={lit.num_codes})")

@@ -15,12 +15,13 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 VQGEN_VERSION = "0.1.0"
 CHECKPOINT_FORMAT = 1
+T = TypeVar("T", bound=torch.nn.Module)
 KIND_HINT = {"vqvae": "--vqvae", "prior": "--prior"}
 
 
@@ -97,3 +98,21 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def rebuild_module(cls: type[T], path: str | os.PathLike, kind: str,
+                   map_location: str | torch.device = "cpu") -> T:
+    """Safely read ``path`` (a ``kind`` checkpoint), rebuild ``cls(**hyper_parameters)``, load
+    its weights strictly, and return it in eval mode on ``map_location``."""
+    ckpt = read_checkpoint(path, kind)
+    try:
+        module = cls(**dict(ckpt.get("hyper_parameters", {})))
+        module.load_state_dict(ckpt["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: its weights do not fit its hyper-parameters ({first[:160]}); "
+            "the file is damaged or from another vqgen version"
+        ) from e
+    module.checkpoint_path = str(path)
+    return module.to(map_location).eval()

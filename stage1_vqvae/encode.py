@@ -28,11 +28,13 @@ def encode_dataset(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
+    checkpoint_sha256: str | None = None,
 ) -> Path:
     """Encode ``dataset`` (items (images (C,H,W) in [0,1], label)) in order into a code-map
     folder. Memory stays flat: batches stream from the loader into a memory-mapped file.
 
     Returns the folder. ``meta.json`` appears only when every row is written.
+    ``checkpoint_sha256`` saves re-hashing the checkpoint when several splits are encoded.
     """
     model = lit.model.to(device).eval()
     n = len(dataset)  # type: ignore[arg-type]
@@ -42,7 +44,7 @@ def encode_dataset(
         "num_classes": int(num_classes),
         "class_names": list(class_names),
         "vqvae_checkpoint": str(ckpt) if ckpt else None,
-        "vqvae_sha256": file_sha256(ckpt) if ckpt else None,
+        "vqvae_sha256": checkpoint_sha256 or (file_sha256(ckpt) if ckpt else None),
         "source": source,
         "image_size": list(model.image_size),
         "channels": int(model.in_channels),

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoint import CheckpointError, checkpoint_stamp, read_checkpoint
+from .checkpoint import checkpoint_stamp, rebuild_module
 from .model import VQVAE
 from .trainer import warmup_cosine
 
@@ -167,16 +167,4 @@ class LitVQVAE(pl.LightningModule):
 
 def load_vqvae(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LitVQVAE:
     """Rebuild a trained :class:`LitVQVAE` (eval mode) from its checkpoint alone."""
-    ckpt = read_checkpoint(path, "vqvae")
-    hp = dict(ckpt.get("hyper_parameters", {}))
-    try:
-        lit = LitVQVAE(**hp)
-        lit.load_state_dict(ckpt["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: its weights do not fit its hyper-parameters ({first[:160]}); "
-            "the file is damaged or from another vqgen version"
-        ) from e
-    lit.checkpoint_path = str(path)
-    return lit.to(map_location).eval()
+    return rebuild_module(LitVQVAE, path, "vqvae", map_location)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from .checkpoint import file_sha256
 from .codes import is_code_map_folder
 from .data import SPLITS, VQDataModule
 from .encode import encode_dataset
@@ -74,6 +75,7 @@ def write_all_code_maps(
 ) -> dict[str, Path]:
     """Encode every split of ``dm`` into ``out_dir/<split>`` code-map folders."""
     written = {}
+    sha = file_sha256(checkpoint) if checkpoint else None
     for split in SPLITS:
         ds = dm.dataset(split)
         info = ds.info
@@ -81,6 +83,7 @@ def write_all_code_maps(
             lit, ds, out_dir / split, num_classes=info.num_classes,
             class_names=list(info.class_names), source=info.source,
             checkpoint_path=checkpoint, batch_size=batch_size, device=device,
+            checkpoint_sha256=sha,
         )
     return written
 

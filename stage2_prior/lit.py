@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stage1_vqvae.checkpoint import checkpoint_stamp, read_checkpoint
+from stage1_vqvae.checkpoint import checkpoint_stamp, rebuild_module
 from stage1_vqvae.trainer import warmup_cosine
 
 from .model import GatedPixelCNN
@@ -107,8 +107,4 @@ class LitPrior(pl.LightningModule):
 
 def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LitPrior:
     """Rebuild a trained :class:`LitPrior` (eval mode) from its checkpoint alone."""
-    ckpt = read_checkpoint(path, "prior")
-    lit = LitPrior(**dict(ckpt.get("hyper_parameters", {})))
-    lit.load_state_dict(ckpt["state_dict"])
-    lit.checkpoint_path = str(path)
-    return lit.to(map_location).eval()
+    return rebuild_module(LitPrior, path, "prior", map_location)

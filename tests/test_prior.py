@@ -24,7 +24,7 @@ from pipeline.generate import (
     resolve_class,
     sample,
 )
-from stage1_vqvae.checkpoint import file_sha256
+from stage1_vqvae.checkpoint import CheckpointError, file_sha256
 from stage1_vqvae.codes import read_code_maps, write_code_maps
 from stage1_vqvae.lit import LitVQVAE
 from stage2_prior.data import CodeMapDataModule
@@ -69,6 +69,18 @@ def _val_batch(run: Path, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------- checkpoints
+
+
+def test_prior_weights_that_do_not_fit_the_hparams_raise_checkpoint_error(prior_run: Path,
+                                                                         tmp_path: Path):
+    ckpt = torch.load(prior_run / "last.ckpt", weights_only=True)
+    ckpt["hyper_parameters"]["hidden"] = 2 * ckpt["hyper_parameters"]["hidden"]
+    path = tmp_path / "edited.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as e:
+        load_prior(path)
+    assert str(path) in str(e.value) and "do not fit" in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("name", ["last.ckpt", "best.ckpt"])
