@@ -106,6 +106,30 @@ def _add_trainer_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit-train-batches", type=float, default=None,
                    help="batches per epoch (int) or fraction (for smoke tests)")
     g.add_argument("--limit-val-batches", type=float, default=None)
+    g.add_argument("--checkpoint-every-steps", type=_non_negative_int, default=0,
+                   help="also rewrite last.ckpt every N optimizer steps mid-epoch (0 = off)")
+    g.add_argument("--checkpoint-every-minutes", type=_non_negative_float, default=10.0,
+                   help="also rewrite last.ckpt every M minutes of training (default 10; 0 = off)")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return v
 
 
 def _limit(v: float | None) -> int | float | None:
@@ -121,6 +145,8 @@ def _trainer_kwargs(args: argparse.Namespace, max_epochs: int) -> dict:
         strategy=args.strategy, num_nodes=args.num_nodes, precision=args.precision,
         limit_train_batches=_limit(args.limit_train_batches),
         limit_val_batches=_limit(args.limit_val_batches),
+        checkpoint_every_steps=args.checkpoint_every_steps,
+        checkpoint_every_minutes=args.checkpoint_every_minutes,
     )
 
 

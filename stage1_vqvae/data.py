@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .sampler import EpochShuffleSampler
+from .sampler import EpochShuffleSampler, ResumableLoader, dist_info, trainer_progress
 
 
 class DataError(ValueError):
@@ -598,6 +598,8 @@ class VQDataModule(pl.LightningDataModule):
         self.val_fraction = _check_val_fraction(val_fraction)
         self.seed = int(seed)
         self._datasets: dict[str, ImageDataset] = {}
+        # a resumed run's loader position (sampler.saved_loader_state), set by the trainer
+        self.resume_state: dict[str, int] | None = None
 
     @staticmethod
     def _check_batch_size(batch_size: int) -> int:
@@ -632,17 +634,25 @@ class VQDataModule(pl.LightningDataModule):
         """DataInfo of the train split (num_classes, class_names, channels, ...)."""
         return self.dataset("train").info
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=batch_size,
-            # order depends on (seed, epoch) only, so --resume replays the same batches
-            sampler=EpochShuffleSampler(len(self.dataset(split)), self.seed) if shuffle else None,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+    def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool,
+                training: bool = False, trainer: pl.Trainer | None = None) -> DataLoader:
+        rank, world = dist_info(trainer)
+        # order depends on (seed, epoch, rank) only, so --resume replays the same batches;
+        # under DDP each rank takes its own shard (padded for training, disjoint for val)
+        sampler = EpochShuffleSampler(len(self.dataset(split)), self.seed, shuffle=shuffle,
+                                      rank=rank, world_size=world, pad=training)
+        kwargs = dict(
+            batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+        if training and trainer is not None:
+            loader = ResumableLoader(self.dataset(split), progress=lambda: trainer_progress(trainer),
+                                     **kwargs)
+            if self.resume_state:
+                loader.load_state_dict(self.resume_state)
+            return loader
+        return DataLoader(self.dataset(split), **kwargs)
 
     def dataloader(
         self, split: str, batch_size: int | None = None, shuffle: bool = False
@@ -656,7 +666,9 @@ class VQDataModule(pl.LightningDataModule):
         # Drop the ragged last batch only when there is more than one batch: a tiny
         # dataset must still give one (smaller) batch.
         n = len(self.dataset("train"))
-        return self._loader("train", self.batch_size, shuffle=True, drop_last=n > self.batch_size)
+        return self._loader("train", self.batch_size, shuffle=True, drop_last=n > self.batch_size,
+                            training=True, trainer=self.trainer)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.batch_size, shuffle=False, drop_last=False)
+        return self._loader("val", self.batch_size, shuffle=False, drop_last=False,
+                            trainer=self.trainer)

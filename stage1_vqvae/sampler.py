@@ -1,29 +1,130 @@
-"""Shuffling that depends only on (seed, epoch), so a resumed run sees the same order."""
+"""Data order that depends only on (seed, epoch, rank), so a resumed run sees the same batches.
+
+Both stages use :class:`EpochShuffleSampler` for training (shuffled) and validation (in order),
+and :class:`ResumableLoader` for training: Lightning saves its ``state_dict`` in every
+checkpoint, so a run killed mid-epoch resumes at the next unseen batch, not at the start of
+the epoch. Under DDP the sampler shards the data itself (Lightning's ``use_distributed_sampler``
+is off): rank r takes items r, r + world, ... of the epoch's permutation.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A permutation of range(n) drawn from ``seed + epoch``.
+    """This rank's share of a permutation of range(n) drawn from ``seed`` and the epoch.
 
-    Lightning calls ``set_epoch`` at the start of every epoch (as for DistributedSampler),
-    so epoch k's order is the same whether the run got there in one go or resumed.
+    ``shuffle=False`` keeps dataset order. Training shards (``pad=True``) are padded by
+    wrapping around so every rank gets the same number of items, as DDP needs; validation
+    shards (``pad=False``) are disjoint and together hold every item exactly once.
+    Lightning calls ``set_epoch`` at the start of every epoch.
     """
 
-    def __init__(self, n: int, seed: int = 0) -> None:
+    def __init__(
+        self, n: int, seed: int = 0, *, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+        pad: bool = True,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.n, self.seed, self.epoch = n, seed, 0
+        self.shuffle, self.rank, self.world_size, self.pad = shuffle, rank, world_size, pad
+        self._resume: tuple[int, int] | None = None  # (epoch, items of this shard to skip)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self._resume is not None and self._resume[0] != epoch:
+            self._resume = None  # a resume skip applies to its own epoch only
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """Start ``epoch``'s iteration after its first ``skip`` items (a mid-epoch resume)."""
+        self.epoch = epoch
+        self._resume = (epoch, max(0, int(skip)))
+
+    def _shard(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.world_size == 1:
+            return order
+        if self.pad and self.n % self.world_size:
+            total = -(-self.n // self.world_size) * self.world_size
+            order = (order * (total // max(1, self.n) + 1))[:total]
+        return order[self.rank::self.world_size]
 
     def __len__(self) -> int:
-        return self.n
+        if self.world_size == 1:
+            return self.n
+        if self.pad:
+            return -(-self.n // self.world_size)
+        return len(range(self.rank, self.n, self.world_size))
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        shard = self._shard()
+        if self._resume is not None and self._resume[0] == self.epoch:
+            shard = shard[self._resume[1]:]
+        return iter(shard)
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader whose position Lightning saves in each checkpoint.
+
+    ``progress()`` returns (epoch, batches of that epoch already trained on); it reads the
+    Trainer's loop counters, which are exact at save time (unlike counting yielded batches,
+    which runs ahead by the prefetched ones). Needs an :class:`EpochShuffleSampler`.
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, EpochShuffleSampler):
+            raise TypeError("ResumableLoader needs an EpochShuffleSampler")
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self._progress()
+        return {"epoch": int(epoch), "batches": int(batches), "batch_size": int(self.batch_size or 1)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # batches x batch size of the run that saved it: the data order is in items
+        self.sampler.resume_at(state["epoch"], state["batches"] * state.get("batch_size", 1))
+
+
+def saved_loader_state(checkpoint: dict[str, Any]) -> dict[str, int] | None:
+    """The training loader's position stored in a Lightning checkpoint dict, if any.
+
+    Lightning (2.6) restores stateful loaders only when it builds the loader after the
+    checkpoint is loaded, but ``estimated_stepping_batches`` (our lr schedule) builds it
+    earlier, so the trainers read the position here and hand it to the data module.
+    """
+    try:
+        states = checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    except (KeyError, TypeError):
+        return None
+    return dict(states[0]) if states and isinstance(states[0], dict) else None
+
+
+def trainer_progress(trainer: Any) -> tuple[int, int]:
+    """(epoch, training batches taken in it) from a Lightning Trainer's loop counters.
+
+    ``ready`` counts the batches the loop has taken this epoch, including the one whose
+    ``on_train_batch_end`` is saving the checkpoint (``processed``/``completed`` lag it there).
+    """
+    loop = trainer.fit_loop
+    ep = loop.epoch_progress.current
+    if ep.processed > ep.completed:
+        # saved after the epoch's last batch (e.g. at validation end): the next one is new
+        return int(ep.processed), 0
+    return int(ep.processed), int(loop.epoch_loop.batch_progress.current.ready)
+
+
+def dist_info(trainer: Any) -> tuple[int, int]:
+    """(rank, world size) of an attached Trainer, else (0, 1)."""
+    if trainer is None:
+        return 0, 1
+    return int(trainer.global_rank), int(trainer.world_size)

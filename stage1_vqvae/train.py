@@ -10,14 +10,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from .checkpoint import file_sha256
+from .checkpoint import file_sha256, read_checkpoint
 from .codes import is_code_map_folder
 from .data import SPLITS, VQDataModule
 from .encode import encode_dataset
 from .lit import LitVQVAE, load_vqvae
+from .sampler import saved_loader_state
 from .trainer import make_trainer, quiet_lightning
 
-RUN_FILES = ("last.ckpt", "best.ckpt", "logs", "tensorboard", "previews", "codes")
+RUN_FILES = ("last.ckpt", "best.ckpt", "logs", "tensorboard", "previews", "codes", "ranks.json")
 
 
 @dataclass
@@ -124,6 +125,8 @@ def train_vqvae(
         seed = int(data_args.get("seed", 0))
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = VQDataModule(**data_args)
+    if ckpt_path is not None:
+        dm.resume_state = saved_loader_state(read_checkpoint(ckpt_path, "vqvae"))
     dm.setup("fit")
     if ckpt_path is None:
         info = dm.info

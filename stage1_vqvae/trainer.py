@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import math
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -35,11 +38,23 @@ def make_trainer(
     limit_train_batches: int | float | None = None,
     limit_val_batches: int | float | None = None,
     log_every_n_steps: int = 20,
+    checkpoint_every_steps: int = 0,
+    checkpoint_every_minutes: float = 10.0,
     quiet: bool = False,
+    callbacks: list[pl.Callback] | None = None,
 ) -> pl.Trainer:
     """A Trainer writing ``out_dir/last.ckpt`` and ``out_dir/best.ckpt`` (best by ``monitor``),
     CSV logs under ``out_dir/logs`` (TensorBoard too when installed), and a progress bar on a
-    TTY or plain lines otherwise. ``max_time`` is "DD:HH:MM:SS" or seconds."""
+    TTY or plain lines otherwise. ``max_time`` is "DD:HH:MM:SS" or seconds.
+
+    ``last.ckpt`` is rewritten at every epoch end and also mid-epoch every
+    ``checkpoint_every_steps`` optimizer steps and every ``checkpoint_every_minutes`` of
+    training (0 turns either off), so a killed run loses at most that much work; it resumes
+    at the next unseen batch (see :class:`~stage1_vqvae.sampler.ResumableLoader`). Lightning
+    writes checkpoints through a temporary file and a rename, so a kill mid-write leaves
+    the previous checkpoint whole. Under DDP, :class:`RankAgreement` checks at the end that
+    every rank holds the same weights.
+    """
     out_dir = Path(out_dir)
     best = ModelCheckpoint(
         dirpath=out_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
@@ -53,7 +68,21 @@ def make_trainer(
     loggers: list = [CSVLogger(out_dir, name="logs")]
     if _has_tensorboard():
         loggers.append(TensorBoardLogger(out_dir, name="tensorboard"))
-    callbacks: list[pl.Callback] = [best, last]
+    callbacks = [best, last, *(callbacks or [])]
+    # Lightning wants the triggers in separate callbacks; all three write the same file
+    if checkpoint_every_steps and checkpoint_every_steps > 0:
+        callbacks.append(ModelCheckpoint(
+            dirpath=out_dir, filename="last", monitor=None, save_top_k=1,
+            every_n_train_steps=int(checkpoint_every_steps), auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ))
+    if checkpoint_every_minutes and checkpoint_every_minutes > 0:
+        callbacks.append(ModelCheckpoint(
+            dirpath=out_dir, filename="last", monitor=None, save_top_k=1,
+            train_time_interval=timedelta(minutes=float(checkpoint_every_minutes)),
+            auto_insert_metric_name=False, enable_version_counter=False,
+        ))
+    callbacks.append(RankAgreement(out_dir))
     tty = is_tty() and not quiet
     if tty:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
@@ -77,7 +106,46 @@ def make_trainer(
         limit_train_batches=limit_train_batches,
         limit_val_batches=limit_val_batches,
         num_sanity_val_steps=0,
+        # our samplers shard by rank themselves and keep their (seed, epoch) order and
+        # mid-epoch resume; Lightning's DistributedSampler wrapper would lose both
+        use_distributed_sampler=False,
     )
+
+
+class RankAgreement(pl.Callback):
+    """Under DDP, at the end of training: every rank hashes its weights and buffers (the
+    EMA codebook included), rank 0 writes ``out_dir/ranks.json`` and the run fails if any
+    rank differs, since then the saved (rank-0) checkpoint is not what the others trained."""
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        self.out_dir = Path(out_dir)
+
+    @staticmethod
+    def digest(module: torch.nn.Module) -> str:
+        """sha256 over every parameter and buffer (name, dtype, shape, bytes)."""
+        h = hashlib.sha256()
+        for name, t in sorted(module.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size <= 1 or not torch.distributed.is_initialized():
+            return
+        digests: list = [None] * trainer.world_size
+        torch.distributed.all_gather_object(digests, self.digest(pl_module))
+        agree = len(set(digests)) == 1
+        if trainer.is_global_zero:
+            report = {"world_size": trainer.world_size, "global_step": trainer.global_step,
+                      "agree": agree, "digests": digests}
+            (self.out_dir / "ranks.json").write_text(json.dumps(report, indent=2) + "\n")
+        if not agree:
+            raise RuntimeError(
+                f"ranks ended with different weights ({len(set(digests))} distinct digests in "
+                f"{self.out_dir / 'ranks.json'}); the checkpoint holds rank 0's. This is a bug: "
+                "please report it"
+            )
 
 
 def _parse_max_time(value: str | None) -> str | dict | None:

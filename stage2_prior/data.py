@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stage1_vqvae.codes import CodeMapError, CodeMaps, read_code_maps
-from stage1_vqvae.sampler import EpochShuffleSampler
+from stage1_vqvae.sampler import EpochShuffleSampler, ResumableLoader, dist_info, trainer_progress
 
 SPLITS = ("train", "val")
 # facts both splits must share, or the prior would learn one thing and be judged on another
@@ -83,6 +83,8 @@ class CodeMapDataModule(pl.LightningDataModule):
         self.codes_dir, self.batch_size = codes_dir, batch_size
         self.num_workers, self.seed = num_workers, seed
         self.maps = open_code_splits(codes_dir)
+        # a resumed run's loader position (sampler.saved_loader_state), set by the trainer
+        self.resume_state: dict[str, int] | None = None
         self._sets: dict[str, CodeDataset] = {}
 
     @property
@@ -97,13 +99,25 @@ class CodeMapDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         ds = self._sets["train"]
-        # order depends on (seed, epoch) only, so --resume replays the same batches
-        sampler = EpochShuffleSampler(len(ds), self.seed)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler,
-                          drop_last=len(ds) > self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        rank, world = dist_info(self.trainer)
+        # order depends on (seed, epoch, rank) only, so --resume replays the same batches
+        sampler = EpochShuffleSampler(len(ds), self.seed, rank=rank, world_size=world)
+        kwargs = dict(batch_size=self.batch_size, sampler=sampler,
+                      drop_last=len(ds) > self.batch_size, num_workers=self.num_workers,
+                      persistent_workers=self.num_workers > 0)
+        if self.trainer is None:
+            return DataLoader(ds, **kwargs)
+        trainer = self.trainer
+        loader = ResumableLoader(ds, progress=lambda: trainer_progress(trainer), **kwargs)
+        if self.resume_state:
+            loader.load_state_dict(self.resume_state)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(self._sets["val"], batch_size=max(self.batch_size, 256),
+        ds = self._sets["val"]
+        rank, world = dist_info(self.trainer)
+        sampler = EpochShuffleSampler(len(ds), self.seed, shuffle=False, rank=rank,
+                                      world_size=world, pad=False)
+        return DataLoader(ds, batch_size=max(self.batch_size, 256), sampler=sampler,
                           num_workers=self.num_workers)

@@ -79,7 +79,11 @@ class LitPrior(pl.LightningModule):
         codes, labels = batch
         lab = self._labels(labels)
         if lab is not None and self.hparams.cond_drop > 0:
-            lab = self.model.drop_labels(lab, self.hparams.cond_drop)
+            # drawn from (seed, step, rank), not the global RNG: a resumed run (even mid-epoch)
+            # drops the same labels as an uninterrupted one, and DDP ranks differ
+            g = torch.Generator(device=lab.device).manual_seed(
+                (int(self.hparams.seed) * 1_000_003 + int(self.global_step)) * 4099 + self.global_rank)
+            lab = self.model.drop_labels(lab, self.hparams.cond_drop, generator=g)
         nll = F.cross_entropy(self.model(codes, lab), codes)
         self.log("train/loss", nll, prog_bar=True, batch_size=codes.shape[0])
         return nll

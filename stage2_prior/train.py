@@ -9,6 +9,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from stage1_vqvae.checkpoint import read_checkpoint
+from stage1_vqvae.sampler import saved_loader_state
 from stage1_vqvae.train import prepare_run_dir
 from stage1_vqvae.trainer import make_trainer, quiet_lightning
 
@@ -57,6 +59,8 @@ def train_prior(
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = CodeMapDataModule(str(codes_dir), batch_size=batch_size, num_workers=num_workers,
                            seed=seed)
+    if ckpt_path is not None:
+        dm.resume_state = saved_loader_state(read_checkpoint(ckpt_path, "prior"))
     if ckpt_path is None:
         meta = dm.meta
         lit = LitPrior(
