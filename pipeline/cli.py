@@ -225,6 +225,8 @@ def cmd_train_vqvae(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, write_codes=not args.no_codes,
         device=resolve_device(args.device),
     )
+    if not res.is_global_zero:
+        return 0
     _print_metrics(res.metrics, ("val/recon_loss", "val/psnr", "val/codebook_usage",
                                  "val/perplexity"))
     print(f"checkpoint: {res.last}")
@@ -247,7 +249,14 @@ def add_encode(subs) -> None:
     _add_data_args(p, default=None)
     p.add_argument("--splits", default="train,val", help="comma-separated (default train,val)")
     p.add_argument("--batch-size", type=_positive_int, default=512)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="one-process encode: auto, cpu, cuda, mps")
+    g = p.add_argument_group("distributed (through Lightning; rows stay in dataset order)")
+    g.add_argument("--devices", type=_devices, default=1,
+                   help="devices (processes) per node; > 1 splits the data across them")
+    g.add_argument("--num-nodes", type=_positive_int, default=1,
+                   help="nodes; --out must be on a file system every node sees")
+    g.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, mps (default auto)")
+    g.add_argument("--strategy", default="ddp", help="Lightning strategy (default ddp)")
     p.add_argument("--out", required=True, help="output folder; each split goes to OUT/<split>")
     p.add_argument("--overwrite", action="store_true",
                    help="allow an --out that holds other files")
@@ -268,9 +277,11 @@ def _dataset_for(lit, args: argparse.Namespace, split: str):
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    from pytorch_lightning.utilities import rank_zero_only
+
     from stage1_vqvae.checkpoint import file_sha256
     from stage1_vqvae.data import SPLITS
-    from stage1_vqvae.encode import encode_dataset
+    from stage1_vqvae.encode import encode_dataset, encode_dataset_distributed
     from stage1_vqvae.lit import load_vqvae
     from stage1_vqvae.train import check_code_output
 
@@ -285,19 +296,27 @@ def cmd_encode(args: argparse.Namespace) -> int:
     datasets = {s: _dataset_for(lit, args, s) for s in splits}  # fail before writing anything
     sha = file_sha256(args.vqvae)  # once for all splits
     created = not out.exists()
+    distributed = args.devices not in (1, "1") or args.num_nodes > 1
     try:
         for split, ds in datasets.items():
             info = ds.info
-            folder = encode_dataset(
-                lit, ds, out / split, num_classes=info.num_classes,
-                class_names=list(info.class_names), source=info.source,
-                checkpoint_path=args.vqvae, batch_size=args.batch_size, device=device,
-                checkpoint_sha256=sha,
+            common = dict(
+                num_classes=info.num_classes, class_names=list(info.class_names),
+                source=info.source, checkpoint_path=args.vqvae, batch_size=args.batch_size,
+                checkpoint_sha256=sha, num_workers=args.num_workers,
             )
-            print(f"codes {split + ':':6} {folder} ({len(ds)} maps of {lit.code_shape[0]}x"
-                  f"{lit.code_shape[1]}, K={lit.num_codes})")
+            if distributed:
+                folder = encode_dataset_distributed(
+                    lit, ds, out / split, accelerator=args.accelerator, devices=args.devices,
+                    strategy=args.strategy, num_nodes=args.num_nodes, **common)
+            else:
+                folder = encode_dataset(lit, ds, out / split, device=device, **common)
+            if rank_zero_only.rank == 0:
+                print(f"codes {split + ':':6} {folder} ({len(ds)} maps of {lit.code_shape[0]}x"
+                      f"{lit.code_shape[1]}, K={lit.num_codes})")
     except BaseException:
-        if created:  # a lazily read image failed mid-way: leave no partial --out behind
+        # a lazily read image failed mid-way: leave no partial --out behind
+        if created and rank_zero_only.rank == 0:
             import shutil
 
             shutil.rmtree(out, ignore_errors=True)
@@ -460,6 +479,8 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
         batch_size=batch_size, seed=args.seed, num_workers=args.num_workers,
         resume=args.resume, overwrite=args.overwrite,
     )
+    if not res.is_global_zero:
+        return 0
     _print_metrics(res.metrics, ("val/nll", "val/bits_per_code", "val/nll_uncond"))
     print(f"checkpoint: {res.last}")
     if res.best:

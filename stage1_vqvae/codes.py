@@ -75,22 +75,28 @@ class CodeMapWriter:
         num_codes: int,
         has_labels: bool,
         meta: dict[str, Any] | None = None,
+        attach: bool = False,
     ) -> None:
         self.folder = Path(folder)
-        self._created = not self.folder.exists()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / META).unlink(missing_ok=True)
         self.count, self.code_shape, self.num_codes = count, tuple(code_shape), num_codes
         self.has_labels = has_labels
         self.meta = dict(meta or {})
         self._pos = 0
         self._tmp_codes = self.folder / f".{CODES}.tmp"
         self._tmp_labels = self.folder / f".{LABELS}.tmp"
+        # attach=True: another process (DDP rank 0) created the temp arrays; this one only
+        # fills rows with write_at and never commits
+        self._attached = attach
+        self._created = False if attach else not self.folder.exists()
+        if not attach:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / META).unlink(missing_ok=True)
+        mode = "r+" if attach else "w+"
         self._codes = np.lib.format.open_memmap(
-            self._tmp_codes, mode="w+", dtype=code_dtype(num_codes), shape=(count, *code_shape)
+            self._tmp_codes, mode=mode, dtype=code_dtype(num_codes), shape=(count, *code_shape)
         )
         self._labels = (
-            np.lib.format.open_memmap(self._tmp_labels, mode="w+", dtype=np.int64, shape=(count,))
+            np.lib.format.open_memmap(self._tmp_labels, mode=mode, dtype=np.int64, shape=(count,))
             if has_labels
             else None
         )
@@ -112,6 +118,34 @@ class CodeMapWriter:
                 raise CodeMapError("labels expected for this code map")
             self._labels[self._pos : self._pos + b] = np.asarray(labels)
         self._pos += b
+
+    def write_at(self, index: np.ndarray, codes: np.ndarray, labels: np.ndarray | None = None
+                 ) -> None:
+        """Write rows ``index`` (B,) in [0, count) out of order (one rank's share under DDP);
+        the caller accounts for coverage and then calls :meth:`commit_rows` before close."""
+        index = np.asarray(index, dtype=np.int64)
+        codes = np.asarray(codes)
+        if codes.shape[1:] != self.code_shape or codes.shape[0] != index.shape[0]:
+            raise CodeMapError(f"batch {codes.shape} does not fit {index.shape[0]} rows of "
+                               f"{self.code_shape}")
+        if index.size and (index.min() < 0 or index.max() >= self.count):
+            raise CodeMapError(f"row index outside [0, {self.count})")
+        if codes.size and (codes.min() < 0 or codes.max() >= self.num_codes):
+            raise CodeMapError(f"code values outside [0, {self.num_codes})")
+        self._codes[index] = codes
+        if self._labels is not None:
+            if labels is None:
+                raise CodeMapError("labels expected for this code map")
+            self._labels[index] = np.asarray(labels)
+
+    def flush(self) -> None:
+        for arr in (self._codes, self._labels):
+            if arr is not None:
+                arr.flush()
+
+    def commit_rows(self, rows: int) -> None:
+        """Declare ``rows`` rows written by :meth:`write_at` (all ranks together)."""
+        self._pos = int(rows)
 
     def close(self) -> None:
         """Flush, rename the arrays into place, then write meta.json (the commit point)."""
@@ -144,6 +178,9 @@ class CodeMapWriter:
     def abort(self) -> None:
         """Drop the temp files (after an error); the folder keeps no meta.json."""
         self._codes = self._labels = None
+        if self._attached:  # the creating process owns the files
+            self._closed = True
+            return
         self._tmp_codes.unlink(missing_ok=True)
         self._tmp_labels.unlink(missing_ok=True)
         if self._created:

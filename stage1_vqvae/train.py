@@ -28,6 +28,7 @@ class TrainResult:
     best: Path | None
     codes: dict[str, Path]
     metrics: dict[str, float]
+    is_global_zero: bool = True  # False on the other DDP ranks, which should stay quiet
 
 
 def prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, verb: str) -> Path | None:
@@ -155,7 +156,8 @@ def train_vqvae(
     if write_codes and trainer.is_global_zero:
         final = load_vqvae(last)
         codes = write_all_code_maps(final, dm, out / "codes", last, device=device)
-    return TrainResult(out, last, best if best.exists() else None, codes, metrics)
+    return TrainResult(out, last, best if best.exists() else None, codes, metrics,
+                       trainer.is_global_zero)
 
 
 def check_code_output(out: Path, overwrite: bool) -> None:

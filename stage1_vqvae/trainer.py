@@ -113,12 +113,18 @@ def make_trainer(
 
 
 class RankAgreement(pl.Callback):
-    """Under DDP, at the end of training: every rank hashes its weights and buffers (the
-    EMA codebook included), rank 0 writes ``out_dir/ranks.json`` and the run fails if any
-    rank differs, since then the saved (rank-0) checkpoint is not what the others trained."""
+    """Under DDP: every rank hashes its weights and buffers (the EMA codebook included) before
+    each validation and at the end of training; rank 0 writes ``out_dir/ranks.json``, and the
+    run fails as soon as any rank differs, since the saved (rank-0) checkpoint would then not
+    be what the others trained.
+
+    Checked before validation because DDP re-broadcasts rank 0's buffers at every forward,
+    which would hide a codebook whose statistics were not all-reduced.
+    """
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
         self.out_dir = Path(out_dir)
+        self.checks = 0
 
     @staticmethod
     def digest(module: torch.nn.Module) -> str:
@@ -130,22 +136,32 @@ class RankAgreement(pl.Callback):
             h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, where: str) -> None:
         if trainer.world_size <= 1 or not torch.distributed.is_initialized():
             return
         digests: list = [None] * trainer.world_size
         torch.distributed.all_gather_object(digests, self.digest(pl_module))
+        self.checks += 1
         agree = len(set(digests)) == 1
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and (not agree or where == "end of training"):
             report = {"world_size": trainer.world_size, "global_step": trainer.global_step,
-                      "agree": agree, "digests": digests}
+                      "checks": self.checks, "agree": agree, "where": where, "digests": digests}
+            self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "ranks.json").write_text(json.dumps(report, indent=2) + "\n")
         if not agree:
+            torch.distributed.barrier()  # rank 0 has written the report before anyone exits
             raise RuntimeError(
-                f"ranks ended with different weights ({len(set(digests))} distinct digests in "
-                f"{self.out_dir / 'ranks.json'}); the checkpoint holds rank 0's. This is a bug: "
-                "please report it"
+                f"DDP ranks hold different weights at step {trainer.global_step} ({where}; "
+                f"{len(set(digests))} distinct digests among {len(digests)} ranks); "
+                "this is a bug in vqgen, please report it"
             )
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self._check(trainer, pl_module, "before validation")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer, pl_module, "end of training")
 
 
 def _parse_max_time(value: str | None) -> str | dict | None:

@@ -109,8 +109,9 @@ class IncrementalState:
             # are, addmm their transpose (also the faster layout for gemm with few rows)
             hw = block.h_conv.conv.weight[:, :, 0, :].permute(0, 2, 1)
             self.h_w.append(_per_position(hw.reshape(2 * hid, (s + 1) * hid), vec))
-            self.o_w.append(_per_position(block.h_out.weight[:, :, 0, 0], vec))
-            self.o_b.append(block.h_out.bias)
+            last = block.h_out is None  # the last layer has no horizontal output
+            self.o_w.append(None if last else _per_position(block.h_out.weight[:, :, 0, 0], vec))
+            self.o_b.append(None if last else block.h_out.bias)
             cond = None
             if labels is not None:
                 cond = model.class_embed[n](labels)  # (B, 2H)

@@ -102,16 +102,18 @@ class GatedBlock(nn.Module):
 
     The horizontal stack gets the vertical features through ``down_shift`` and a 1x1 conv,
     so it sees every row above. Its output has a residual connection, except in the first
-    layer, whose input (the code embedding) includes the current code.
+    layer, whose input (the code embedding) includes the current code. The last layer has no
+    horizontal output (only its skip feeds the head) and returns its input ``h`` there:
+    a parameter with no gradient would make DDP fail.
     """
 
-    def __init__(self, hidden: int, kernel_size: int, first: bool) -> None:
+    def __init__(self, hidden: int, kernel_size: int, first: bool, last: bool = False) -> None:
         super().__init__()
-        self.first = first
+        self.first, self.last = first, last
         self.v_conv = VerticalConv(hidden, 2 * hidden, kernel_size)
         self.v_to_h = nn.Conv2d(2 * hidden, 2 * hidden, 1)
         self.h_conv = HorizontalConv(hidden, 2 * hidden, kernel_size, include_current=not first)
-        self.h_out = nn.Conv2d(hidden, hidden, 1)
+        self.h_out = None if last else nn.Conv2d(hidden, hidden, 1)
         self.skip = nn.Conv2d(hidden, hidden, 1)
 
     def forward(
@@ -126,6 +128,8 @@ class GatedBlock(nn.Module):
         v_out = gate(v_feat)
         h_gated = gate(h_pre)
         skip = self.skip(h_gated)
+        if self.h_out is None:
+            return v_out, h, skip
         h_out = self.h_out(h_gated)
         if not self.first:
             h_out = h_out + h

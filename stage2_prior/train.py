@@ -30,6 +30,7 @@ class PriorResult:
     last: Path
     best: Path | None
     metrics: dict[str, float]
+    is_global_zero: bool = True  # False on the other DDP ranks, which should stay quiet
 
 
 def train_prior(
@@ -76,4 +77,5 @@ def train_prior(
     trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best = out / "best.ckpt"
-    return PriorResult(out, out / "last.ckpt", best if best.exists() else None, metrics)
+    return PriorResult(out, out / "last.ckpt", best if best.exists() else None, metrics,
+                       trainer.is_global_zero)
