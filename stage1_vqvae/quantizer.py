@@ -81,6 +81,9 @@ def kmeans(x: Tensor, k: int, iters: int = 10, generator: torch.Generator | None
         extra = x[torch.randint(n, (k - n,), generator=generator).to(x.device)]
         noise = torch.randn(extra.shape, generator=generator).to(x.device)
         centroids = torch.cat([centroids, extra + 0.01 * x.std() * noise])
+    # under DDP every rank seeded from its own batch: start all from rank 0's seeds, so the
+    # all-reduced Lloyd steps below move one shared set of centroids over every rank's data
+    centroids = _broadcast(centroids.contiguous())
     for _ in range(iters):
         assign = nearest_codes(x, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
