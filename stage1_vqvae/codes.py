@@ -41,6 +41,16 @@ def is_code_map_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / META).is_file()
 
 
+def is_unfinished_code_map_folder(path: str | os.PathLike) -> bool:
+    """A folder an interrupted :class:`CodeMapWriter` left: no ``meta.json``, and only code
+    arrays and their temp files (safe to write again)."""
+    path = Path(path)
+    if not path.is_dir() or (path / META).exists():
+        return False
+    names = [p.name for p in path.iterdir()]
+    return all(n in (CODES, LABELS) or (n.startswith(".") and ".tmp" in n) for n in names)
+
+
 def _fsync_write_json(path: Path, obj: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w") as f:

@@ -15,7 +15,7 @@ from .checkpoint import file_sha256
 from .codes import CodeMapWriter
 from .lit import LitVQVAE
 from .progress import progress
-from .sampler import EpochShuffleSampler, dist_info
+from .sampler import dist_info
 
 
 @torch.inference_mode()
@@ -94,7 +94,10 @@ class _EncodeModule(pl.LightningModule):
 
 
 class _ShardData(pl.LightningDataModule):
-    """Rank r encodes items r, r + world, ... (disjoint shards covering every item once)."""
+    """Rank r encodes the r-th contiguous block of ceil(n / world) items. Contiguous, so
+    with a batch size dividing the block the batches hold the same items as a one-process
+    run's, which makes the codes bit-identical (the kernels' rounding can depend on the
+    batch); and each rank reads its own stretch of the data."""
 
     def __init__(self, dataset: Dataset, batch_size: int, num_workers: int) -> None:
         super().__init__()
@@ -102,9 +105,10 @@ class _ShardData(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = dist_info(self.trainer)
-        sampler = EpochShuffleSampler(len(self.dataset), shuffle=False, rank=rank,
-                                      world_size=world, pad=False)
-        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,
+        n = len(self.dataset)
+        per = -(-n // world)
+        block = range(min(n, rank * per), min(n, (rank + 1) * per))
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=block,
                           num_workers=self.num_workers)
 
 
@@ -172,8 +176,9 @@ def encode_dataset_distributed(
     num_nodes: int = 1,
 ) -> Path:
     """:func:`encode_dataset` split across devices (and nodes) through Lightning's
-    ``Trainer.predict``: rank r encodes items r, r + world, ... and writes them at their
-    dataset positions, so the folder equals the single-process one byte for byte.
+    ``Trainer.predict``: rank r encodes the r-th contiguous block of the dataset and writes
+    it at its dataset positions, so the folder holds the rows in dataset order. With a batch
+    size that divides ceil(n / world) it equals the one-process folder byte for byte.
 
     Memory stays flat (nothing is gathered; rows go straight into the memory-mapped temp
     arrays), and ``meta.json`` appears only after every rank's rows are written.

@@ -11,7 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from .checkpoint import file_sha256, read_checkpoint
-from .codes import is_code_map_folder
+from .codes import is_code_map_folder, is_unfinished_code_map_folder
 from .data import SPLITS, VQDataModule
 from .encode import encode_dataset
 from .lit import LitVQVAE, load_vqvae
@@ -167,7 +167,9 @@ def check_code_output(out: Path, overwrite: bool) -> None:
         return
     if not out.is_dir():
         raise ValueError(f"--out {out} is a file, expected a folder for code maps")
-    foreign = [p.name for p in out.iterdir() if not (p.is_dir() and is_code_map_folder(p))
+    # finished code maps, and ones a killed encode left unfinished, are ours to rewrite
+    foreign = [p.name for p in out.iterdir()
+               if not (p.is_dir() and (is_code_map_folder(p) or is_unfinished_code_map_folder(p)))
                and not p.name.startswith(".")]
     if foreign and not overwrite:
         raise ValueError(

@@ -14,7 +14,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from .fsutil import remove_stale_temps
 from .progress import PlainProgress, is_tty
 
 
@@ -109,7 +111,34 @@ def make_trainer(
         # our samplers shard by rank themselves and keep their (seed, epoch) order and
         # mid-epoch resume; Lightning's DistributedSampler wrapper would lose both
         use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
     )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temp file in the same folder, fsynced, then renamed.
+
+    Lightning's own "atomic" save stages the bytes in the system temp folder and moves them
+    into place; when that is another file system (tmpfs /tmp, a network mount for runs) the
+    move is a copy, and a kill during it leaves a truncated ``last.ckpt``. A rename within
+    one folder is atomic: a killed run keeps its previous checkpoint whole.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if "://" in str(path):  # remote storage: Lightning's fsspec path
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 class RankAgreement(pl.Callback):
