@@ -600,11 +600,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
     from stage1_vqvae.checkpoint import CheckpointError
 
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError,
+            MisconfigurationException) as e:  # the last: bad --accelerator / --devices / ...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"vqgen {args.verb}: error: {msg}", file=sys.stderr)
         return 2

@@ -90,3 +90,15 @@ def test_ddp_encode_equals_single_process(ddp_vqvae, tmp_path: Path):
         assert (one / "val" / name).read_bytes() == (two / "val" / name).read_bytes(), name
     assert sorted(p.name for p in (two / "val").iterdir()) == ["codes.npy", "labels.npy",
                                                                "meta.json"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_impossible_device_request_is_one_line(tiny_vqvae_run: Path, tmp_path: Path, capsys):
+    from pipeline.cli import main
+
+    rc = main(["encode", "--vqvae", str(tiny_vqvae_run / "last.ckpt"), "--out",
+               str(tmp_path / "c"), "--accelerator", "gpu", "--devices", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("vqgen encode: error:") and len(err.splitlines()) == 1, err
+    assert "gpu" in err.lower()
+    assert not (tmp_path / "c").exists()
