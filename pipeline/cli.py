@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipeline.evaluate_cli import add_evaluate
+
 EXAMPLES = {
     "train-vqvae": "vqgen train-vqvae --data mnist5k --out checkpoints/mnist/vqvae",
     "encode": "vqgen encode --vqvae checkpoints/mnist/vqvae/last.ckpt --data mnist5k "
@@ -21,6 +23,8 @@ EXAMPLES = {
     "train-prior": "vqgen train-prior --codes checkpoints/mnist/codes --out checkpoints/mnist/prior",
     "sample": "vqgen sample --prior checkpoints/mnist/prior/last.ckpt --num 64 --out samples/",
     "demo": "vqgen demo --out checkpoints/demo",
+    "evaluate": "vqgen evaluate --vqvae checkpoints/mnist/vqvae/last.ckpt "
+    "--prior checkpoints/mnist/prior/last.ckpt --data mnist5k --out report/",
 }
 
 
@@ -572,7 +576,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- entry points
 
 ADDERS: list[Callable] = [add_train_vqvae, add_encode, add_reconstruct, add_decode, add_train_prior,
-                          add_sample, add_demo]
+                          add_sample, add_demo, add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

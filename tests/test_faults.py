@@ -238,3 +238,23 @@ def test_stale_temp_of_a_live_process_is_kept(tmp_path: Path):
     assert live.exists() and (tmp_path / "out" / "x").exists()
     assert np.array_equal(np.sort([p.name for p in tmp_path.iterdir()]),
                           np.sort([live.name, "out"]))
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypatch):
+    """A save that dies half-way (disk full, kill) leaves the old last.ckpt whole."""
+    from stage1_vqvae.trainer import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(1000)}, path)
+    before = path.read_bytes()
+
+    def half_then_fail(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(1000)}, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]

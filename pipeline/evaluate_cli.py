@@ -1,0 +1,123 @@
+"""``vqgen evaluate``: the sub-command (registered by ``pipeline.cli`` through ``add_evaluate``).
+
+Kept out of ``pipeline/cli.py``; it imports cli's helpers inside the functions, so cli.py
+may import this module at its top without a cycle.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# here, not in pipeline.evaluate: building the parser must not import torch
+DEFAULT_NUM_SAMPLES = 2000
+EXAMPLE = ("vqgen evaluate --vqvae checkpoints/mnist/vqvae/last.ckpt "
+           "--prior checkpoints/mnist/prior/last.ckpt --data mnist5k --out report/")
+HELP = ("Evaluate a VQ-VAE and its prior on held-out data: reconstruction, likelihoods against "
+        "baselines, a bits/dim bound and sample quality; writes OUT/metrics.json and "
+        "OUT/index.html.")
+
+
+def add_evaluate(subs) -> None:
+    """Register ``evaluate`` on the ``subs`` of ``pipeline.cli.build_parser``."""
+    from pipeline.cli import EXAMPLES, _positive_int, _sub
+    from pipeline.demo import DEMO_GUIDANCE, DEMO_TEMPERATURE
+
+    EXAMPLES.setdefault("evaluate", EXAMPLE)  # _sub reads the epilog example from here
+    p = _sub(subs, "evaluate", HELP)
+    p.add_argument("--vqvae", default=None,
+                   help="VQ-VAE checkpoint (default: the one recorded in --prior)")
+    p.add_argument("--prior", default=None,
+                   help="prior checkpoint; without it the report covers stage one only")
+    g = p.add_argument_group("data (default: split exactly as the VQ-VAE was trained)")
+    g.add_argument("--data", default=None,
+                   help="mnist5k, mnist, fashion-mnist, cifar10 or folder:PATH (default: the "
+                   "VQ-VAE's)")
+    g.add_argument("--data-root", default=None,
+                   help="where torchvision data sets live (default: the VQ-VAE's, e.g. ./data)")
+    g.add_argument("--download", action="store_true", help="let torchvision download (needs internet)")
+    g.add_argument("--split", choices=["val", "train"], default="val",
+                   help="split to evaluate (default val, the held-out one)")
+    s = p.add_argument_group("samples")
+    s.add_argument("--num-samples", type=_positive_int, default=DEFAULT_NUM_SAMPLES,
+                   help=f"samples of each kind, class-conditional and unconditional "
+                   f"(default {DEFAULT_NUM_SAMPLES})")
+    s.add_argument("--guidance", type=float, default=DEMO_GUIDANCE,
+                   help=f"classifier-free guidance of the class-conditional samples (default "
+                   f"{DEMO_GUIDANCE:g}, as the demo; unconditional samples use 1)")
+    s.add_argument("--temperature", type=float, default=DEMO_TEMPERATURE,
+                   help=f"sampling temperature (default {DEMO_TEMPERATURE:g}, as the demo)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--classifier-cache", default=None,
+                   help="folder of the cached scoring classifier (default DATA_ROOT/.vqgen_cache)")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
+    p.add_argument("--out", required=True, help="report folder (metrics.json, index.html, PNGs)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run :func:`pipeline.evaluate.evaluate` and print a short summary table."""
+    from pipeline.cli import UsageError, check_new_dir, resolve_device
+    from pipeline.evaluate import evaluate
+
+    if args.vqvae is None and args.prior is None:
+        raise UsageError("nothing to evaluate; pass --vqvae CKPT and/or --prior CKPT")
+    if args.num_samples < 2:
+        raise UsageError(f"--num-samples {args.num_samples} must be at least 2")
+    out = Path(args.out)
+    check_new_dir(out, args.overwrite, "files (a report?)")
+    report = evaluate(
+        args.vqvae, args.prior, args.data, out, num_samples=args.num_samples, seed=args.seed,
+        split=args.split, guidance=args.guidance, temperature=args.temperature,
+        batch_size=args.batch_size, device=resolve_device(args.device),
+        classifier_cache=args.classifier_cache, data_root=args.data_root, download=args.download,
+        overwrite=args.overwrite,
+    )
+    print(summary_table(report))
+    return 0
+
+
+def _f(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def summary_table(report: dict) -> str:
+    """A few lines: the headline numbers of a report, with baselines and references."""
+    rows: list[tuple[str, str]] = []
+    s1 = report["stage1"]
+    rows.append(("reconstruction", f"PSNR {_f(s1['psnr_db'], '.2f')} dB, SSIM {_f(s1['ssim'], '.3f')}, "
+                 f"MSE {_f(s1['mse'], '.5f')}"))
+    rows.append(("codebook", f"usage {s1['codebook_usage']:.1%} ({s1['codes_used']}/{s1['num_codes']}), "
+                 f"perplexity {s1['perplexity']:.1f}"))
+    s2 = report.get("stage2")
+    if s2:
+        b = s2["baselines"]
+        rows.append(("prior NLL", f"{s2['bits_per_code']:.3f} bits/code ({s2['nll_nats_per_code']:.3f} "
+                     f"nats); unigram {b['unigram_heldout_cross_entropy_bits_per_code']:.3f}, "
+                     f"uniform {b['uniform_bits_per_code']:.3f}"))
+    wm = report.get("whole_model")
+    if wm:
+        rows.append(("bound", f"{wm['bits_per_dim']:.3f} bits/dim (sigma {wm['sigma']:.3g})"))
+    sm = report.get("samples") or {}
+    refs = sm.get("references")
+    if refs:
+        rows.append(("classifier", f"held-out accuracy {refs['classifier_heldout_accuracy']:.1%}"))
+        rows.append(("FD references", f"real {refs['fd_real_vs_real']:.2f}, blurred "
+                     f"{refs['fd_blurred_vs_real']:.2f} (N={refs['num_reference']})"))
+    cond, unc = sm.get("conditional"), sm.get("unconditional")
+    if cond and cond.get("fd") is not None:
+        rows.append(("conditional", f"FD {cond['fd']:.2f}, right class "
+                     f"{_f(cond.get('class_accuracy'), '.1%')} (N={cond['num']}, guidance "
+                     f"{cond['guidance']:g})"))
+    if unc and unc.get("fd") is not None:
+        rows.append(("unconditional", f"FD {unc['fd']:.2f}, class entropy "
+                     f"{unc['class_entropy_nats']:.3f} nats "
+                     f"({unc['class_entropy_fraction_of_log_k']:.1%} of log K)"))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"  {k:<{width}}  {v}" for k, v in rows]
+    notes = report.get("notes") or []
+    if notes:
+        lines.append(f"  {len(notes)} note(s) in the report")
+    return "\n".join(lines)
