@@ -26,17 +26,6 @@ import numpy as np
 import torch
 
 
-def unigram_bits(train: np.ndarray, val: np.ndarray, num_codes: int) -> tuple[float, float]:
-    """(entropy of the train-code unigram, cross-entropy of val codes under it with
-    add-one smoothing), both in bits per code."""
-    counts = np.bincount(train.ravel(), minlength=num_codes).astype(np.float64)
-    p = counts / counts.sum()
-    entropy = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
-    smooth = (counts + 1) / (counts.sum() + num_codes)
-    xent = float(-np.log2(smooth[val.ravel()]).mean())
-    return entropy, xent
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="checkpoints/bench_demo")
@@ -65,11 +54,18 @@ def main() -> None:
     ckpt = torch.load(out / "prior" / "last.ckpt", weights_only=True)
     maps_seen = int(ckpt["global_step"]) * int(prior.hparams.batch_size)
 
+    # the baselines come from the same function as `vqgen evaluate`'s report
+    from pipeline.evaluate import prior_metrics
+
     train = np.asarray(read_code_maps(out / "vqvae" / "codes" / "train").codes)
-    val = np.asarray(read_code_maps(out / "vqvae" / "codes" / "val").codes)
+    val_maps = read_code_maps(out / "vqvae" / "codes" / "val")
     k = prior.num_codes
-    uni, uni_x = unigram_bits(train, val, k)
-    val_bits = float(pinfo["val/bits_per_code"])
+    pm = prior_metrics(prior, train, np.asarray(val_maps.codes),
+                       torch.as_tensor(np.asarray(val_maps.labels)) if val_maps.labels is not None
+                       else None)
+    uni = pm["baselines"]["unigram_train_entropy_bits_per_code"]
+    uni_x = pm["baselines"]["unigram_heldout_cross_entropy_bits_per_code"]
+    val_bits = pm["bits_per_code"]
 
     labels = torch.arange(prior.model.num_classes).repeat_interleave(
         math.ceil(args.sample_num / max(1, prior.model.num_classes)))[: args.sample_num]
