@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -77,8 +76,9 @@ def run_encode(vqvae: Path, folder: Path, out: Path, devices: int, threads: int,
     log = proc.stdout.read() if proc.stdout else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"encode failed:\n{log[-3000:]}")
-    # with DDP the ranks are grandchildren: RUSAGE_CHILDREN holds the largest of them
-    peak = max(usage.ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    # Linux's wait4 reports the largest RSS of the child and its reaped descendants (the DDP
+    # ranks); RUSAGE_CHILDREN would also count earlier children, e.g. the training run
+    peak = usage.ru_maxrss / 1024
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak, 1)}
 
 
