@@ -258,3 +258,19 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkey
         io.save_checkpoint({"global_step": 2, "w": torch.zeros(1000)}, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path: Path):
+    """Temp files and folders are private while written; the results are not."""
+    from stage1_vqvae.fsutil import atomic_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "report") as tmp:
+            (tmp / "a.txt").write_text("x")
+        with atomic_file(tmp_path / "done.json") as tmp:
+            tmp.write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "done.json").stat().st_mode & 0o777 == 0o644
