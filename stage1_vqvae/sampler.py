@@ -88,11 +88,15 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         epoch, batches = self._progress()
-        return {"epoch": int(epoch), "batches": int(batches), "batch_size": int(self.batch_size or 1)}
+        return {"epoch": int(epoch), "batches": int(batches), "batch_size": int(self.batch_size or 1),
+                "world_size": int(self.sampler.world_size)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        # batches x batch size of the run that saved it: the data order is in items
-        self.sampler.resume_at(state["epoch"], state["batches"] * state.get("batch_size", 1))
+        # Ranks take items r, r + W, ... of one permutation, so after k items per rank the
+        # first k * W items of the epoch are used, whatever W was: resuming with another
+        # number of devices skips those items overall (exact when W' divides k * W)
+        used = state["batches"] * state.get("batch_size", 1) * state.get("world_size", 1)
+        self.sampler.resume_at(state["epoch"], -(-used // self.sampler.world_size))
 
 
 def saved_loader_state(checkpoint: dict[str, Any]) -> dict[str, int] | None:

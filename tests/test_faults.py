@@ -274,3 +274,26 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path: Path):
         os.umask(old)
     assert (tmp_path / "report").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "done.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_resume_position_carries_over_to_another_world_size():
+    """A run saved mid-epoch on 2 ranks and resumed on 1 (or 4) skips the same items."""
+    from stage1_vqvae.sampler import EpochShuffleSampler, ResumableLoader
+
+    n, bs = 40, 4
+    saved = {"epoch": 3, "batches": 2, "batch_size": bs, "world_size": 2}  # 16 items used
+    used = set()
+    for r in range(2):
+        s = EpochShuffleSampler(n, seed=5, rank=r, world_size=2)
+        s.set_epoch(3)
+        used |= set(list(s)[: 2 * bs])
+    for world in (1, 4):
+        rest = []
+        for r in range(world):
+            loader = ResumableLoader(list(range(n)), batch_size=bs, progress=lambda: (0, 0),
+                                     sampler=EpochShuffleSampler(n, seed=5, rank=r,
+                                                                 world_size=world))
+            loader.load_state_dict(saved)
+            loader.sampler.set_epoch(3)
+            rest += [int(i) for b in loader for i in b]
+        assert sorted(rest) == sorted(set(range(n)) - used), world
