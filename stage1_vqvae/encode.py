@@ -16,6 +16,7 @@ from .codes import CodeMapWriter
 from .lit import LitVQVAE
 from .progress import progress
 from .sampler import dist_info
+from .trainer import quiet_lightning
 
 
 @torch.inference_mode()
@@ -183,6 +184,7 @@ def encode_dataset_distributed(
     Memory stays flat (nothing is gathered; rows go straight into the memory-mapped temp
     arrays), and ``meta.json`` appears only after every rank's rows are written.
     """
+    quiet_lightning()
     model = lit.model.eval()
     n = len(dataset)  # type: ignore[arg-type]
     writer_args = dict(
