@@ -40,8 +40,7 @@ def ddp_vqvae(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("ddp") / "vqvae"
     stdout = _ok(vqgen(
         "train-vqvae", "--data", "mnist5k", "--out", out, *TINY_MODEL_ARGS, "--max-epochs", "2",
-        "--limit-train-batches", STEPS_PER_EPOCH, "--limit-val-batches", "2",
-        "--batch-size", "32", *DDP,
+        "--limit-train-batches", STEPS_PER_EPOCH, "--batch-size", "32", *DDP,
     ))
     return out, stdout
 
@@ -63,6 +62,27 @@ def test_ddp_stage_one_ranks_agree_and_checkpoint_loads(ddp_vqvae):
     assert len(np.unique(codes)) > 1
 
 
+def _last_logged(run: Path, key: str) -> float:
+    import csv
+
+    rows = list(csv.DictReader((run / "logs" / "version_0" / "metrics.csv").open()))
+    return float([r[key] for r in rows if r.get(key)][-1])
+
+
+def test_ddp_validation_metrics_cover_both_ranks(ddp_vqvae):
+    """The logged held-out PSNR, usage and perplexity are those of the whole split (each
+    rank validated half of it), as one process computes them from the final weights."""
+    from pipeline.evaluate import stage1_metrics
+    from stage1_vqvae.data import build_dataset
+
+    out = ddp_vqvae[0]
+    one = stage1_metrics(load_vqvae(out / "last.ckpt"), build_dataset("mnist5k", "val"))
+    assert one["num_images"] == 500
+    assert _last_logged(out, "val/psnr") == pytest.approx(one["psnr_db"], abs=1e-3)
+    assert _last_logged(out, "val/perplexity") == pytest.approx(one["perplexity"], rel=1e-4)
+    assert _last_logged(out, "val/codebook_usage") == pytest.approx(one["codebook_usage"])
+
+
 def test_ddp_stage_two_ranks_agree(ddp_vqvae, tmp_path: Path):
     codes = ddp_vqvae[0] / "codes"
     out = tmp_path / "prior"
@@ -73,6 +93,12 @@ def test_ddp_stage_two_ranks_agree(ddp_vqvae, tmp_path: Path):
     assert report["global_step"] == 6 and report["agree"], report
     prior = load_prior(out / "last.ckpt")
     assert prior.num_codes == load_vqvae(ddp_vqvae[0] / "last.ckpt").num_codes
+    # the logged held-out NLL is over the whole split (250 maps on each rank)
+    from pipeline.evaluate import prior_nll
+
+    val = read_code_maps(codes / "val")
+    nll = prior_nll(prior, np.asarray(val.codes), torch.as_tensor(np.asarray(val.labels)))
+    assert _last_logged(out, "val/nll") == pytest.approx(float(nll.mean()), rel=1e-4)
 
 
 def test_ddp_encode_equals_single_process(ddp_vqvae, tmp_path: Path):
