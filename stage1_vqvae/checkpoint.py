@@ -101,10 +101,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def rebuild_module(cls: type[T], path: str | os.PathLike, kind: str,
-                   map_location: str | torch.device = "cpu") -> T:
+                   map_location: str | torch.device = "cpu", checkpoint: dict | None = None) -> T:
     """Safely read ``path`` (a ``kind`` checkpoint), rebuild ``cls(**hyper_parameters)``, load
-    its weights strictly, and return it in eval mode on ``map_location``."""
-    ckpt = read_checkpoint(path, kind)
+    its weights strictly, and return it in eval mode on ``map_location``. ``checkpoint``: the
+    dict :func:`read_checkpoint` already returned for ``path`` (saves reading it again)."""
+    ckpt = checkpoint if checkpoint is not None else read_checkpoint(path, kind)
     try:
         module = cls(**dict(ckpt.get("hyper_parameters", {})))
         module.load_state_dict(ckpt["state_dict"])

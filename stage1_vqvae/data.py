@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .sampler import EpochShuffleSampler, ResumableLoader, dist_info, trainer_progress
+from .sampler import make_loader
 
 
 class DataError(ValueError):
@@ -636,23 +636,13 @@ class VQDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool,
                 training: bool = False, trainer: pl.Trainer | None = None) -> DataLoader:
-        rank, world = dist_info(trainer)
-        # order depends on (seed, epoch, rank) only, so --resume replays the same batches;
-        # under DDP each rank takes its own shard (padded for training, disjoint for val)
-        sampler = EpochShuffleSampler(len(self.dataset(split)), self.seed, shuffle=shuffle,
-                                      rank=rank, world_size=world, pad=training)
-        kwargs = dict(
-            batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+        # order depends on (seed, epoch, rank) only, so --resume replays the same batches
+        return make_loader(
+            self.dataset(split), batch_size=batch_size, seed=self.seed, training=training,
+            trainer=trainer, shuffle=shuffle, resume_state=self.resume_state, drop_last=drop_last,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
-        if training and trainer is not None:
-            loader = ResumableLoader(self.dataset(split), progress=lambda: trainer_progress(trainer),
-                                     **kwargs)
-            if self.resume_state:
-                loader.load_state_dict(self.resume_state)
-            return loader
-        return DataLoader(self.dataset(split), **kwargs)
 
     def dataloader(
         self, split: str, batch_size: int | None = None, shuffle: bool = False

@@ -165,6 +165,8 @@ class LitVQVAE(pl.LightningModule):
         checkpoint["vqgen"] = checkpoint_stamp("vqvae")
 
 
-def load_vqvae(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LitVQVAE:
-    """Rebuild a trained :class:`LitVQVAE` (eval mode) from its checkpoint alone."""
-    return rebuild_module(LitVQVAE, path, "vqvae", map_location)
+def load_vqvae(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+              checkpoint: dict | None = None) -> LitVQVAE:
+    """Rebuild a trained :class:`LitVQVAE` (eval mode) from its checkpoint alone (``checkpoint``:
+    the dict already read from ``path``, if the caller has it)."""
+    return rebuild_module(LitVQVAE, path, "vqvae", map_location, checkpoint)

@@ -99,6 +99,28 @@ class ResumableLoader(DataLoader):
         self.sampler.resume_at(state["epoch"], -(-used // self.sampler.world_size))
 
 
+def make_loader(
+    dataset: Any, *, batch_size: int, seed: int, training: bool, trainer: Any = None,
+    shuffle: bool | None = None, resume_state: dict[str, int] | None = None, **kwargs: Any,
+) -> DataLoader:
+    """The loader both stages use: this rank's share of ``dataset`` in (seed, epoch) order.
+
+    training: shuffled (unless ``shuffle=False``), shards padded to equal length (DDP needs
+    it), and with a Trainer attached a :class:`ResumableLoader` started at ``resume_state``.
+    Otherwise: dataset order (unless ``shuffle``), disjoint shards. ``kwargs`` go to DataLoader.
+    """
+    rank, world = dist_info(trainer)
+    sampler = EpochShuffleSampler(len(dataset), seed, shuffle=training if shuffle is None else shuffle,
+                                  rank=rank, world_size=world, pad=training)
+    if not (training and trainer is not None):
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+    loader = ResumableLoader(dataset, batch_size=batch_size, sampler=sampler,
+                             progress=lambda: trainer_progress(trainer), **kwargs)
+    if resume_state:
+        loader.load_state_dict(resume_state)
+    return loader
+
+
 def saved_loader_state(checkpoint: dict[str, Any]) -> dict[str, int] | None:
     """The training loader's position stored in a Lightning checkpoint dict, if any.
 

@@ -114,7 +114,8 @@ def train_vqvae(
     if ckpt_path is not None:
         # load_vqvae returns eval mode; Lightning keeps module modes as they are, and the
         # quantizer only updates its EMA codebook / restarts dead codes in train mode
-        lit = load_vqvae(ckpt_path).train()
+        ckpt = read_checkpoint(ckpt_path, "vqvae")  # read once: the model and the loader position
+        lit = load_vqvae(ckpt_path, checkpoint=ckpt).train()
         hp = lit.hparams
         data_args = {
             **data_args, "data": hp.data, "channels": hp.channels,
@@ -127,7 +128,7 @@ def train_vqvae(
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = VQDataModule(**data_args)
     if ckpt_path is not None:
-        dm.resume_state = saved_loader_state(read_checkpoint(ckpt_path, "vqvae"))
+        dm.resume_state = saved_loader_state(ckpt)
     dm.setup("fit")
     if ckpt_path is None:
         info = dm.info

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stage1_vqvae.codes import CodeMapError, CodeMaps, read_code_maps
-from stage1_vqvae.sampler import EpochShuffleSampler, ResumableLoader, dist_info, trainer_progress
+from stage1_vqvae.sampler import make_loader
 
 SPLITS = ("train", "val")
 # facts both splits must share, or the prior would learn one thing and be judged on another
@@ -99,25 +99,13 @@ class CodeMapDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         ds = self._sets["train"]
-        rank, world = dist_info(self.trainer)
         # order depends on (seed, epoch, rank) only, so --resume replays the same batches
-        sampler = EpochShuffleSampler(len(ds), self.seed, rank=rank, world_size=world)
-        kwargs = dict(batch_size=self.batch_size, sampler=sampler,
-                      drop_last=len(ds) > self.batch_size, num_workers=self.num_workers,
-                      persistent_workers=self.num_workers > 0)
-        if self.trainer is None:
-            return DataLoader(ds, **kwargs)
-        trainer = self.trainer
-        loader = ResumableLoader(ds, progress=lambda: trainer_progress(trainer), **kwargs)
-        if self.resume_state:
-            loader.load_state_dict(self.resume_state)
-        return loader
+        return make_loader(ds, batch_size=self.batch_size, seed=self.seed, training=True,
+                           trainer=self.trainer, resume_state=self.resume_state,
+                           drop_last=len(ds) > self.batch_size, num_workers=self.num_workers,
+                           persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        ds = self._sets["val"]
-        rank, world = dist_info(self.trainer)
-        sampler = EpochShuffleSampler(len(ds), self.seed, shuffle=False, rank=rank,
-                                      world_size=world, pad=False)
-        return DataLoader(ds, batch_size=max(self.batch_size, 256), sampler=sampler,
-                          num_workers=self.num_workers)
+        return make_loader(self._sets["val"], batch_size=max(self.batch_size, 256), seed=self.seed,
+                           training=False, trainer=self.trainer, num_workers=self.num_workers)

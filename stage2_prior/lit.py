@@ -109,6 +109,8 @@ class LitPrior(pl.LightningModule):
         checkpoint["vqgen"] = checkpoint_stamp("prior")
 
 
-def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LitPrior:
-    """Rebuild a trained :class:`LitPrior` (eval mode) from its checkpoint alone."""
-    return rebuild_module(LitPrior, path, "prior", map_location)
+def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+              checkpoint: dict | None = None) -> LitPrior:
+    """Rebuild a trained :class:`LitPrior` (eval mode) from its checkpoint alone (``checkpoint``:
+    the dict already read from ``path``, if the caller has it)."""
+    return rebuild_module(LitPrior, path, "prior", map_location, checkpoint)

@@ -54,14 +54,16 @@ def train_prior(
     out = Path(out_dir)
     ckpt_path = prepare_run_dir(out, resume=resume, overwrite=overwrite, verb="train-prior")
     if ckpt_path is not None:
-        lit = load_prior(ckpt_path).train()  # load_prior returns eval mode; Lightning keeps it
+        ckpt = read_checkpoint(ckpt_path, "prior")  # read once: the model and the loader position
+        # load_prior returns eval mode; Lightning keeps module modes as they are
+        lit = load_prior(ckpt_path, checkpoint=ckpt).train()
         hp = lit.hparams
         codes_dir, batch_size, seed = hp.codes_dir, hp.batch_size, hp.seed
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = CodeMapDataModule(str(codes_dir), batch_size=batch_size, num_workers=num_workers,
                            seed=seed)
     if ckpt_path is not None:
-        dm.resume_state = saved_loader_state(read_checkpoint(ckpt_path, "prior"))
+        dm.resume_state = saved_loader_state(ckpt)
     if ckpt_path is None:
         meta = dm.meta
         lit = LitPrior(
