@@ -12,13 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from stage1_vqvae.fsutil import atomic_file
-
-# CPU-sized: about 2 + 2 minutes of training on 2 cores (see benchmarks/stage2.py)
-DEMO_VQVAE_EPOCHS = 16
-DEMO_PRIOR_EPOCHS = 9
-DEMO_GUIDANCE = 3.0  # classifier-free guidance: clearly class-like digits (see README)
-DEMO_TEMPERATURE = 0.9
+from pipeline.defaults import DEMO_GUIDANCE, DEMO_PRIOR_EPOCHS, DEMO_TEMPERATURE, DEMO_VQVAE_EPOCHS
+from stage1_vqvae.runtime.fsutil import atomic_file
 
 
 def _done(folder: Path) -> dict | None:
@@ -37,7 +32,9 @@ def _mark_done(folder: Path, info: dict) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Path]:
-    from pipeline.cli import build_parser, prior_config, resolve_device, vqvae_config
+    from pipeline.commands.common import resolve_device
+    from pipeline.commands.stage1 import add_train_vqvae, vqvae_config
+    from pipeline.commands.stage2 import add_train_prior, prior_config
     from pipeline.generate import load_pair, make_labels, sample, write_samples
     from stage1_vqvae.train import train_vqvae
     from stage2_prior.train import train_prior
@@ -46,7 +43,10 @@ def run_demo(args: argparse.Namespace) -> dict[str, Path]:
     out = Path(args.out)
     vq_dir, prior_dir, samples_dir = out / "vqvae", out / "prior", out / "samples"
     device = resolve_device(args.device)
-    parser = build_parser()
+    parser = argparse.ArgumentParser()  # the two verbs' own defaults, as the CLI has them
+    subs = parser.add_subparsers()
+    add_train_vqvae(subs)
+    add_train_prior(subs)
 
     if (info := _done(vq_dir)) is not None:
         print(f"[1/3] stage one: reusing {vq_dir} (finished; delete it to retrain)")

@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pipeline import metrics as M
-from pipeline.demo import DEMO_GUIDANCE, DEMO_TEMPERATURE
-from pipeline.evaluate_cli import DEFAULT_NUM_SAMPLES
+from pipeline.defaults import DEFAULT_NUM_SAMPLES, DEMO_GUIDANCE, DEMO_TEMPERATURE
+from stage1_vqvae.runtime.errors import UserError
 
 # sigma of p(x | z) on the [0, 1] scale: 1/1000 .. 1/2, 28 steps (ratio ~1.26)
 SIGMA_GRID: tuple[float, ...] = tuple(float(s) for s in np.geomspace(1e-3, 0.5, 28))
@@ -134,7 +134,7 @@ def run_stage1(lit, dataset, *, batch_size: int = 256, device: str = "cpu",
             preview_r.append(recon[: 32 - n_seen].cpu())
         n_seen += x.shape[0]
     if n_seen == 0:
-        raise ValueError("the evaluated split holds no images")
+        raise UserError("the evaluated split holds no images")
     return Stage1Pass(
         codes=torch.cat(codes), labels=torch.cat(labels), sse=torch.cat(sse),
         ssim=torch.cat(ssims) if with_ssim else None, recon_bits=torch.cat(rbits),
@@ -155,7 +155,7 @@ def stage1_metrics(lit=None, dataset=None, *, result: Stage1Pass | None = None,
     """
     if result is None:
         if lit is None or dataset is None:
-            raise ValueError("stage1_metrics needs (lit, dataset) or result=")
+            raise UserError("stage1_metrics needs (lit, dataset) or result=")
         result = run_stage1(lit, dataset, batch_size=batch_size, device=device)
     n = int(result.codes.shape[0])
     mse = float(result.sse.sum() / (n * result.dims))
@@ -185,8 +185,8 @@ def train_code_maps(lit, vqvae_path: str | os.PathLike, train_ds, *, batch_size:
     ``<run>/codes/train`` is used when it was written by this very checkpoint (sha256) from
     this very split (source and count); otherwise the split is encoded in memory.
     """
-    from stage1_vqvae.checkpoint import file_sha256
     from stage1_vqvae.codes import CodeMapError, read_code_maps
+    from stage1_vqvae.runtime.checkpoint import file_sha256
 
     folder = Path(vqvae_path).parent / "codes" / "train"
     if (folder / "meta.json").is_file():
@@ -384,11 +384,11 @@ def get_classifier(train_ds, cache_dir: str | os.PathLike, *, val_fraction: floa
     The file holds {"state_dict", "meta"} and loads with ``torch.load(weights_only=True)``.
     Returns (model in eval mode on ``device``, info: path, reused, train_seconds).
     """
-    from stage1_vqvae.fsutil import atomic_file
+    from stage1_vqvae.runtime.fsutil import atomic_file
 
     info = train_ds.info
     if info.num_classes < 2:
-        raise ValueError(f"the classifier needs labelled data with >= 2 classes; {info.data} has "
+        raise UserError(f"the classifier needs labelled data with >= 2 classes; {info.data} has "
                          f"{info.num_classes}")
     path = classifier_path(cache_dir, train_ds, val_fraction, split_seed, config)
     key = classifier_key(train_ds, val_fraction, split_seed, config)
@@ -446,7 +446,7 @@ def reference_metrics(classifier: SmallCNN, eval_ds, train_ds, num: int, *, seed
     Returns a dict; the evaluated split's features are under "_eval_features" (not JSON).
     """
     if num > len(train_ds):
-        raise ValueError(f"num {num} > {len(train_ds)} training images")
+        raise UserError(f"num {num} > {len(train_ds)} training images")
     ev = load_images(eval_ds)
     ev_feats, ev_pred = classify(classifier, ev, batch_size=batch_size, device=device)
     labels = np.asarray(eval_ds.labels)
@@ -533,9 +533,9 @@ def sample_metrics(prior, vqvae, classifier: SmallCNN | None, eval_ds, *, num_sa
 
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, expected a folder for the report")
+        raise UserError(f"--out {out} is a file, expected a folder for the report")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{out} already holds files; pass --overwrite or another --out")
+        raise UserError(f"{out} already holds files; pass --overwrite or another --out")
 
 
 def _default_cache(data_root: str) -> Path:
@@ -574,19 +574,19 @@ def evaluate(
     """
     from pipeline.generate import load_pair
     from pipeline.report import plot_code_histogram, plot_curves, plot_nll_heatmap, write_html
-    from stage1_vqvae.fsutil import atomic_dir
-    from stage1_vqvae.grid import save_grid
     from stage1_vqvae.lit import load_vqvae
+    from stage1_vqvae.runtime.fsutil import atomic_dir
+    from stage1_vqvae.runtime.grid import save_grid
 
     t_start = time.monotonic()
     timings: dict[str, float] = {}
     out = Path(out_dir)
     if vqvae_path is None and prior_path is None:
-        raise ValueError("nothing to evaluate; pass --vqvae CKPT and/or --prior CKPT")
+        raise UserError("nothing to evaluate; pass --vqvae CKPT and/or --prior CKPT")
     if not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(f"--num-samples {num_samples} must be an integer >= 2")
+        raise UserError(f"--num-samples {num_samples} must be an integer >= 2")
     if split not in ("train", "val"):
-        raise ValueError(f"--split {split!r} must be train or val")
+        raise UserError(f"--split {split!r} must be train or val")
     _check_out(out, overwrite)
     config = dict(classifier_config or CLASSIFIER_CONFIG)
     notes = Notes()
@@ -719,7 +719,7 @@ def _samples_section(prior, lit, train_ds, eval_ds, tmp: Path, images: dict, not
                      temperature: float, batch_size: int, device: str, cache_dir: Path,
                      log: Callable[[str], None]) -> dict:
     """Classifier, references, samples and their grids for :func:`evaluate`."""
-    from stage1_vqvae.grid import save_grid
+    from stage1_vqvae.runtime.grid import save_grid
 
     info = train_ds.info
     section: dict[str, Any] = {}

@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stage1_vqvae.checkpoint import file_sha256
-from stage1_vqvae.fsutil import atomic_dir
-from stage1_vqvae.grid import save_grid, save_png
 from stage1_vqvae.lit import LitVQVAE, load_vqvae
+from stage1_vqvae.runtime.checkpoint import file_sha256
+from stage1_vqvae.runtime.errors import MissingInputError, UserError
+from stage1_vqvae.runtime.fsutil import atomic_dir
+from stage1_vqvae.runtime.grid import save_grid, save_png
 from stage2_prior.lit import LitPrior, load_prior
 from stage2_prior.model import validate_sampling_args
 
 
-class MismatchError(ValueError):
+class MismatchError(UserError):
     """The prior's codes and the VQ-VAE do not fit each other."""
 
 
@@ -51,9 +52,9 @@ def load_pair(
     if vqvae_path is None:
         recorded = prior.hparams.vqvae_checkpoint
         if not recorded:
-            raise ValueError(f"{prior_path} records no VQ-VAE checkpoint; pass --vqvae")
+            raise UserError(f"{prior_path} records no VQ-VAE checkpoint; pass --vqvae")
         if not Path(recorded).is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"the VQ-VAE this prior was trained with, {recorded}, is gone; pass --vqvae"
             )
         vqvae_path = recorded
@@ -81,12 +82,12 @@ def make_labels(prior: LitPrior, num: int, class_index: int | None,
     names = list(prior.hparams.class_names)
     if class_index is not None or per_class is not None:
         if k == 0:
-            raise ValueError("this prior is unconditional (its codes had no labels); "
+            raise UserError("this prior is unconditional (its codes had no labels); "
                              "drop --class / --per-class")
     if class_index is not None:
         if not 0 <= class_index < k:
             shown = f" ({', '.join(names[:10])}{'...' if k > 10 else ''})" if names else ""
-            raise ValueError(f"--class {class_index} is out of range; this prior has classes "
+            raise UserError(f"--class {class_index} is out of range; this prior has classes "
                              f"0..{k - 1}{shown}")
         return torch.full((num,), class_index, dtype=torch.long)
     if per_class is not None:
@@ -103,7 +104,7 @@ def resolve_class(prior: LitPrior, value: str | None) -> int | None:
         return int(value)
     if value in names:
         return names.index(value)
-    raise ValueError(f"--class {value!r} is neither an index nor a class name "
+    raise UserError(f"--class {value!r} is neither an index nor a class name "
                      f"({', '.join(names[:10]) or 'no classes'})")
 
 
@@ -126,10 +127,10 @@ def sample(
     """Draw ``num`` code grids from the prior and decode them. Same seed and options ->
     identical codes and images (on the same device and batch size)."""
     if num <= 0:
-        raise ValueError(f"--num {num} must be positive")
+        raise UserError(f"--num {num} must be positive")
     validate_sampling_args(prior.num_codes, temperature, top_k, top_p, guidance)
     if guidance != 1.0 and labels is None:
-        raise ValueError("--guidance needs a class (--class or --per-class)")
+        raise UserError("--guidance needs a class (--class or --per-class)")
     model = prior.model.to(device).eval()
     dec = vqvae.model.to(device).eval()
     gen = torch.Generator(device=device).manual_seed(seed)

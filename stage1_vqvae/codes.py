@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .runtime.errors import MissingInputError, UserError
+
 FORMAT_VERSION = 1
 META = "meta.json"
 CODES = "codes.npy"
@@ -29,7 +31,7 @@ LABELS = "labels.npy"
 _REQUIRED_KEYS = ("format_version", "num_codes", "code_shape", "count", "num_classes")
 
 
-class CodeMapError(ValueError):
+class CodeMapError(UserError):
     """A code-map folder or file is missing, inconsistent or corrupt."""
 
 
@@ -261,7 +263,7 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / META
     if not folder.exists():
-        raise FileNotFoundError(f"code-map folder {folder} does not exist; run `vqgen encode` first")
+        raise MissingInputError(f"code-map folder {folder} does not exist; run `vqgen encode` first")
     if not path.is_file():
         raise CodeMapError(
             f"no code maps in {folder} (no meta.json); run `vqgen encode` first, or pass a split "
@@ -360,7 +362,7 @@ def load_codes_file(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]
         maps = read_code_maps(path)
         return maps.codes, maps.meta
     if not path.exists():
-        raise FileNotFoundError(f"codes {path} do not exist; pass a code-map folder or a .npy file")
+        raise MissingInputError(f"codes {path} do not exist; pass a code-map folder or a .npy file")
     codes = _load_npy(path, mmap=True)
     if codes.ndim == 2:
         codes = codes[None]

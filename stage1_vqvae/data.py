@@ -33,10 +33,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .sampler import make_loader
+from .runtime.data_order import make_loader
+from .runtime.errors import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data problem the user caused (bad spec, missing or unreadable files).
 
     The message is one line: what was wrong, what was expected, what to do.

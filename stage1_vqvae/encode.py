@@ -11,12 +11,12 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import file_sha256
 from .codes import CodeMapWriter
 from .lit import LitVQVAE
-from .progress import progress
-from .sampler import dist_info
-from .trainer import quiet_lightning
+from .runtime.checkpoint import file_sha256
+from .runtime.data_order import dist_info
+from .runtime.progress import progress
+from .runtime.trainer import quiet_lightning
 
 
 @torch.inference_mode()

@@ -18,9 +18,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoint import checkpoint_stamp, rebuild_module
 from .model import VQVAE
-from .trainer import warmup_cosine
+from .runtime.checkpoint import checkpoint_stamp, rebuild_module
+from .runtime.trainer import warmup_cosine
 
 PRESETS: dict[str, dict[str, object]] = {
     # 28x28 grey digits -> 7x7 codes

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .quantizer import VectorQuantizer
+from .runtime.errors import UserError
 
 
 class ResBlock(nn.Module):
@@ -33,7 +34,7 @@ class ResBlock(nn.Module):
 def _num_down(downsample: int) -> int:
     n = int(round(math.log2(downsample))) if downsample > 0 else -1
     if downsample < 2 or 2**n != downsample:
-        raise ValueError(
+        raise UserError(
             f"downsample must be a power of two >= 2 (2, 4, 8, ...), got {downsample}"
         )
     return n
@@ -112,7 +113,7 @@ class VQVAE(nn.Module):
         h, w = image_size
         _num_down(downsample)  # a power of two >= 2, before it is used as a divisor
         if h % downsample or w % downsample:
-            raise ValueError(
+            raise UserError(
                 f"image size {h}x{w} is not divisible by the down-sampling factor {downsample}; "
                 f"pick --image-size a multiple of {downsample} or another --downsample"
             )

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 
-from .checkpoint import file_sha256, read_checkpoint
 from .codes import is_code_map_folder, is_unfinished_code_map_folder
 from .data import SPLITS, VQDataModule
 from .encode import encode_dataset
 from .lit import LitVQVAE, load_vqvae
-from .sampler import saved_loader_state
-from .trainer import make_trainer, quiet_lightning
-
-RUN_FILES = ("last.ckpt", "best.ckpt", "logs", "tensorboard", "previews", "codes", "ranks.json")
+from .runtime.checkpoint import file_sha256, read_checkpoint
+from .runtime.data_order import saved_loader_state
+from .runtime.errors import UserError
+from .runtime.run_dir import prepare_run_dir, remove_run_files
+from .runtime.trainer import make_trainer, quiet_lightning
 
 
 @dataclass
@@ -29,41 +28,6 @@ class TrainResult:
     codes: dict[str, Path]
     metrics: dict[str, float]
     is_global_zero: bool = True  # False on the other DDP ranks, which should stay quiet
-
-
-def prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, verb: str) -> Path | None:
-    """Check ``out_dir`` may hold a new (or resumed) run. Returns the checkpoint to resume.
-
-    Refuses to mix runs: an existing run needs ``--resume`` or ``--overwrite``; a folder
-    holding anything else needs ``--overwrite``. ``--overwrite`` deletes only run files.
-    """
-    last = out_dir / "last.ckpt"
-    if resume:
-        if not last.is_file():
-            raise FileNotFoundError(
-                f"nothing to resume in {out_dir} (no last.ckpt); drop --resume to start a new run"
-            )
-        return last
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {out_dir} is a file, expected a folder for the run")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            what = "a training run (last.ckpt)" if last.exists() else "other files"
-            raise ValueError(
-                f"{out_dir} already holds {what}; pass --resume to continue it, --overwrite to "
-                f"start over, or another --out (vqgen {verb})"
-            )
-        _remove_run_files(out_dir)
-    return None
-
-
-def _remove_run_files(out_dir: Path) -> None:
-    for name in RUN_FILES:
-        p = out_dir / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
 
 
 def write_all_code_maps(
@@ -146,7 +110,7 @@ def train_vqvae(
         # a new run that failed before its first checkpoint (e.g. a corrupt image) leaves
         # nothing behind, so the same command works once the input is fixed
         if ckpt_path is None and not (out / "last.ckpt").exists():
-            _remove_run_files(out)
+            remove_run_files(out)
             if not existed and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
         raise
@@ -167,13 +131,13 @@ def check_code_output(out: Path, overwrite: bool) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise ValueError(f"--out {out} is a file, expected a folder for code maps")
+        raise UserError(f"--out {out} is a file, expected a folder for code maps")
     # finished code maps, and ones a killed encode left unfinished, are ours to rewrite
     foreign = [p.name for p in out.iterdir()
                if not (p.is_dir() and (is_code_map_folder(p) or is_unfinished_code_map_folder(p)))
                and not p.name.startswith(".")]
     if foreign and not overwrite:
-        raise ValueError(
+        raise UserError(
             f"--out {out} exists and is not a code-map folder (holds {', '.join(sorted(foreign)[:3])}); "
             "pass --overwrite or another --out"
         )

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stage1_vqvae.codes import CodeMapError, CodeMaps, read_code_maps
-from stage1_vqvae.sampler import make_loader
+from stage1_vqvae.runtime.data_order import make_loader
+from stage1_vqvae.runtime.errors import MissingInputError
 
 SPLITS = ("train", "val")
 # facts both splits must share, or the prior would learn one thing and be judged on another
@@ -44,7 +45,7 @@ def open_code_splits(codes_dir: str | os.PathLike) -> dict[str, CodeMaps]:
     """Open ``codes_dir/train`` and ``codes_dir/val`` and check they describe the same codes."""
     root = Path(codes_dir)
     if not root.exists():
-        raise FileNotFoundError(f"code folder {root} does not exist; run `vqgen encode` first")
+        raise MissingInputError(f"code folder {root} does not exist; run `vqgen encode` first")
     if (root / "meta.json").is_file():
         raise CodeMapError(
             f"{root} is a single split; pass its parent folder, which must hold train/ and val/"

@@ -33,13 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stage1_vqvae.runtime.errors import UserError
+
 
 def check_kernel_size(kernel_size: int) -> None:
     """Raise ``ValueError`` unless ``kernel_size`` is an odd int >= 3."""
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
-        raise ValueError(f"kernel_size={kernel_size!r} must be an odd int >= 3")
+        raise UserError(f"kernel_size={kernel_size!r} must be an odd int >= 3")
     if kernel_size < 3 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size={kernel_size} must be an odd int >= 3")
+        raise UserError(f"kernel_size={kernel_size} must be an odd int >= 3")
 
 
 def down_shift(x: Tensor) -> Tensor:

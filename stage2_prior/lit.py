@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stage1_vqvae.checkpoint import checkpoint_stamp, rebuild_module
-from stage1_vqvae.trainer import warmup_cosine
+from stage1_vqvae.runtime.checkpoint import checkpoint_stamp, rebuild_module
+from stage1_vqvae.runtime.errors import UserError
+from stage1_vqvae.runtime.trainer import warmup_cosine
 
 from .model import GatedPixelCNN
 
@@ -55,7 +56,7 @@ class LitPrior(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if not 0.0 <= cond_drop < 1.0:
-            raise ValueError(f"--cond-drop {cond_drop} must be in [0, 1)")
+            raise UserError(f"--cond-drop {cond_drop} must be in [0, 1)")
         self.model = GatedPixelCNN(
             num_codes, tuple(code_shape), num_classes=num_classes, hidden=hidden,
             num_layers=num_layers, kernel_size=kernel_size, head_hidden=head_hidden,

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from stage1_vqvae.runtime.errors import UserError
 from stage2_prior.layers import GatedBlock, check_kernel_size, dependency_mask
 
 SAMPLERS = ("cached", "naive")
@@ -49,13 +50,13 @@ def validate_sampling_args(
       push samples *away* from the class, which is never what "sample class c" means.
     """
     if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature={temperature!r} must be a finite number > 0")
+        raise UserError(f"temperature={temperature!r} must be a finite number > 0")
     if top_k is not None and (not _is_int(top_k) or not 1 <= top_k <= num_codes):
-        raise ValueError(f"top_k={top_k!r} must be None or an int in [1, {num_codes}]")
+        raise UserError(f"top_k={top_k!r} must be None or an int in [1, {num_codes}]")
     if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
-        raise ValueError(f"top_p={top_p!r} must be None or a number in (0, 1]")
+        raise UserError(f"top_p={top_p!r} must be None or a number in (0, 1]")
     if not _is_real(guidance) or not math.isfinite(guidance) or guidance < 0:
-        raise ValueError(f"guidance={guidance!r} must be a finite number >= 0 (1 = no guidance)")
+        raise UserError(f"guidance={guidance!r} must be a finite number >= 0 (1 = no guidance)")
 
 
 def filter_logits(
@@ -69,7 +70,7 @@ def filter_logits(
     sums to >= top_p. At least one code always survives. Raises ``ValueError`` on bad knobs.
     """
     if logits.dim() != 2:
-        raise ValueError(f"logits must be (B, K), got shape {tuple(logits.shape)}")
+        raise UserError(f"logits must be (B, K), got shape {tuple(logits.shape)}")
     k_all = logits.shape[1]
     validate_sampling_args(k_all, temperature, top_k, top_p)
     out = logits / temperature
@@ -113,16 +114,16 @@ class GatedPixelCNN(nn.Module):
     ) -> None:
         super().__init__()
         if not _is_int(num_codes) or num_codes < 2:
-            raise ValueError(f"num_codes={num_codes!r} must be an int >= 2")
+            raise UserError(f"num_codes={num_codes!r} must be an int >= 2")
         shape = tuple(code_shape)
         if len(shape) != 2 or not all(_is_int(s) and s >= 1 for s in shape):
-            raise ValueError(f"code_shape={code_shape!r} must be two ints >= 1 (h, w)")
+            raise UserError(f"code_shape={code_shape!r} must be two ints >= 1 (h, w)")
         if not _is_int(num_classes) or num_classes < 0:
-            raise ValueError(f"num_classes={num_classes!r} must be an int >= 0 (0 = unconditional)")
+            raise UserError(f"num_classes={num_classes!r} must be an int >= 0 (0 = unconditional)")
         for name, value in (("hidden", hidden), ("num_layers", num_layers),
                             ("head_hidden", head_hidden)):
             if not _is_int(value) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an int >= 1")
+                raise UserError(f"{name}={value!r} must be an int >= 1")
         check_kernel_size(kernel_size)
 
         self.num_codes = num_codes
@@ -170,20 +171,20 @@ class GatedPixelCNN(nn.Module):
         """labels (B,) int -> int64 (B,) on the model's device; None -> all null (or None)."""
         if self.num_classes == 0:
             if labels is not None:
-                raise ValueError("labels were given but the model is unconditional "
+                raise UserError("labels were given but the model is unconditional "
                                  "(num_classes=0); pass labels=None")
             return None
         if labels is None:
             return torch.full((batch,), self.null_label, dtype=torch.long, device=self._device())
         if not isinstance(labels, Tensor):
-            raise ValueError(f"labels must be an int64 tensor of shape ({batch},), "
+            raise UserError(f"labels must be an int64 tensor of shape ({batch},), "
                              f"got {type(labels).__name__}")
         if labels.shape != (batch,) or labels.is_floating_point() or labels.is_complex():
-            raise ValueError(f"labels must be an integer tensor of shape ({batch},), "
+            raise UserError(f"labels must be an integer tensor of shape ({batch},), "
                              f"got {labels.dtype} {tuple(labels.shape)}")
         top = self.num_classes if allow_null else self.num_classes - 1
         if batch > 0 and (int(labels.min()) < 0 or int(labels.max()) > top):
-            raise ValueError(f"labels must be in [0, {top}] (num_classes={self.num_classes}), "
+            raise UserError(f"labels must be in [0, {top}] (num_classes={self.num_classes}), "
                              f"got min {int(labels.min())} max {int(labels.max())}")
         return labels.to(device=self._device(), dtype=torch.long)
 
@@ -192,11 +193,11 @@ class GatedPixelCNN(nn.Module):
                 or codes.is_complex() or codes.dtype == torch.bool):
             got = (f"{codes.dtype} {tuple(codes.shape)}" if isinstance(codes, Tensor)
                    else type(codes).__name__)
-            raise ValueError(f"{name} must be an integer tensor (B, h, w), got {got}")
+            raise UserError(f"{name} must be an integer tensor (B, h, w), got {got}")
         if codes.numel() > 0:
             lo, hi = int(codes.min()), int(codes.max())
             if lo < 0 or hi >= self.num_codes:
-                raise ValueError(f"{name} must be in [0, {self.num_codes - 1}], "
+                raise UserError(f"{name} must be in [0, {self.num_codes - 1}], "
                                  f"got min {lo} max {hi}")
         return codes.to(device=self._device(), dtype=torch.long)
 
@@ -207,11 +208,11 @@ class GatedPixelCNN(nn.Module):
         labels int (B,) in [0, num_classes) -> int64 (B,) in [0, num_classes].
         """
         if self.num_classes == 0:
-            raise ValueError("drop_labels needs a class-conditional model (num_classes > 0)")
+            raise UserError("drop_labels needs a class-conditional model (num_classes > 0)")
         if not _is_real(p) or not 0 <= p <= 1:
-            raise ValueError(f"p={p!r} must be a number in [0, 1]")
+            raise UserError(f"p={p!r} must be a number in [0, 1]")
         if not isinstance(labels, Tensor) or labels.dim() != 1:
-            raise ValueError(f"labels must be a 1-D integer tensor (B,), got {labels!r:.60}")
+            raise UserError(f"labels must be a 1-D integer tensor (B,), got {labels!r:.60}")
         idx = self._label_index(labels, labels.shape[0], allow_null=False)
         if p == 0:
             return idx
@@ -283,13 +284,13 @@ class GatedPixelCNN(nn.Module):
             return (torch.zeros(num, h, w, dtype=torch.long, device=device),
                     torch.zeros(num, h, w, dtype=torch.bool, device=device))
         if prefix is None or mask is None:
-            raise ValueError("prefix and mask go together: prefix (num, h, w) gives the codes, "
+            raise UserError("prefix and mask go together: prefix (num, h, w) gives the codes, "
                              "mask (h, w) or (num, h, w) bool says which to keep")
         if tuple(prefix.shape) != (num, h, w):
-            raise ValueError(f"prefix must have shape ({num}, {h}, {w}) (num, *code_shape), "
+            raise UserError(f"prefix must have shape ({num}, {h}, {w}) (num, *code_shape), "
                              f"got {tuple(prefix.shape)}")
         if mask.dtype != torch.bool or tuple(mask.shape) not in ((h, w), (num, h, w)):
-            raise ValueError(f"mask must be bool ({h}, {w}) or ({num}, {h}, {w}), "
+            raise UserError(f"mask must be bool ({h}, {w}) or ({num}, {h}, {w}), "
                              f"got {mask.dtype} {tuple(mask.shape)}")
         keep = mask.to(device).expand(num, h, w)
         # only kept positions must be valid codes; the rest are overwritten
@@ -330,7 +331,7 @@ class GatedPixelCNN(nn.Module):
         (so the generator advances the same way whatever the mask), and kept rows discard it.
         """
         if sampler not in SAMPLERS:
-            raise ValueError(f"sampler={sampler!r} must be one of {', '.join(SAMPLERS)}")
+            raise UserError(f"sampler={sampler!r} must be one of {', '.join(SAMPLERS)}")
         idx, codes, keep = self._prepare_sampling(num, labels, temperature, top_k, top_p,
                                                   guidance, generator, prefix, mask)
         if sampler == "cached":
@@ -369,14 +370,14 @@ class GatedPixelCNN(nn.Module):
         """
         validate_sampling_args(self.num_codes, temperature, top_k, top_p, guidance)
         if not _is_int(num) or num < 1:
-            raise ValueError(f"num={num!r} must be an int >= 1")
+            raise UserError(f"num={num!r} must be an int >= 1")
         idx = self._label_index(labels, num, allow_null=False)
         if labels is None and guidance != 1:
-            raise ValueError(f"guidance={guidance} needs labels (classifier-free guidance "
+            raise UserError(f"guidance={guidance} needs labels (classifier-free guidance "
                              "mixes conditional and unconditional logits); pass labels")
         device = self._device()
         if generator is not None and generator.device.type != device.type:
-            raise ValueError(f"generator is on {generator.device} but the model is on "
+            raise UserError(f"generator is on {generator.device} but the model is on "
                              f"{device}; make the generator on the model's device")
         codes, keep = self._prepare_completion(num, prefix, mask)
         return idx, codes, keep

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from stage1_vqvae.checkpoint import read_checkpoint
-from stage1_vqvae.sampler import saved_loader_state
-from stage1_vqvae.train import prepare_run_dir
-from stage1_vqvae.trainer import make_trainer, quiet_lightning
+from stage1_vqvae.runtime.checkpoint import read_checkpoint
+from stage1_vqvae.runtime.data_order import saved_loader_state
+from stage1_vqvae.runtime.run_dir import prepare_run_dir
+from stage1_vqvae.runtime.trainer import make_trainer, quiet_lightning
 
 from .data import CodeMapDataModule
 from .lit import LitPrior, load_prior

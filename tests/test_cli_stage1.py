@@ -16,8 +16,8 @@ from PIL import Image
 from pipeline.cli import build_parser, main
 from stage1_vqvae.codes import read_code_maps, write_code_maps
 from stage1_vqvae.data import build_dataset
-from stage1_vqvae.grid import to_uint8
 from stage1_vqvae.lit import load_vqvae
+from stage1_vqvae.runtime.grid import to_uint8
 from tests.conftest import TINY_NUM_CODES, TINY_STEPS_PER_EPOCH, tiny_train_argv
 
 STAGE1_VERBS = ("train-vqvae", "encode", "reconstruct", "decode")

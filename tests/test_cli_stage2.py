@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from pipeline.cli import main
-from stage1_vqvae.checkpoint import checkpoint_stamp
 from stage1_vqvae.codes import read_code_maps, write_code_maps
-from stage1_vqvae.grid import to_uint8
 from stage1_vqvae.lit import LitVQVAE, load_vqvae
+from stage1_vqvae.runtime.checkpoint import checkpoint_stamp
+from stage1_vqvae.runtime.grid import to_uint8
 from stage2_prior.lit import load_prior
 from tests.conftest import TINY_NUM_CODES
 from tests.test_cli_stage1 import assert_usage_error, run, tree

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from stage1_vqvae.checkpoint import file_sha256
 from stage1_vqvae.codes import (
     FORMAT_VERSION,
     CodeMapError,
@@ -27,6 +26,7 @@ from stage1_vqvae.codes import (
 )
 from stage1_vqvae.data import build_dataset
 from stage1_vqvae.lit import load_vqvae
+from stage1_vqvae.runtime.checkpoint import file_sha256
 
 META_KEYS = {"format_version", "num_codes", "code_shape", "count", "num_classes", "class_names"}
 

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.demo import DEMO_GUIDANCE, DEMO_TEMPERATURE
+from pipeline.commands.evaluate import add_evaluate
+from pipeline.defaults import DEMO_GUIDANCE, DEMO_TEMPERATURE, EXAMPLES
 from pipeline.evaluate import (
     BOUND_FORMULA,
     CLASSIFIER_CONFIG,
@@ -29,7 +30,6 @@ from pipeline.evaluate import (
     even_labels,
     prior_metrics,
 )
-from pipeline.evaluate_cli import EXAMPLE, add_evaluate
 from pipeline.generate import MismatchError, load_pair
 from pipeline.report import plot_curves, read_training_logs
 from tests.conftest import TINY_NUM_CODES
@@ -281,8 +281,8 @@ def test_parser_defaults_follow_the_demo_and_help_ends_with_an_example():
     assert (args.guidance, args.temperature, args.num_samples, args.seed) == (
         DEMO_GUIDANCE, DEMO_TEMPERATURE, 2000, 0)
     sub = parser._subparsers._group_actions[0].choices["evaluate"]
-    assert sub.format_help().rstrip().endswith(EXAMPLE)
-    ex = parser.parse_args(EXAMPLE.split()[1:])  # the example parses
+    assert sub.format_help().rstrip().endswith(EXAMPLES["evaluate"])
+    ex = parser.parse_args(EXAMPLES["evaluate"].split()[1:])  # the example parses
     assert ex.data == "mnist5k" and ex.out == "report/"
 
 

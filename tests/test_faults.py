@@ -15,8 +15,8 @@ import torch
 
 from pipeline.cli import main
 from stage1_vqvae.codes import read_code_maps
-from stage1_vqvae.fsutil import atomic_dir
 from stage1_vqvae.lit import load_vqvae
+from stage1_vqvae.runtime.fsutil import atomic_dir
 from stage1_vqvae.train import train_vqvae
 from stage2_prior.lit import load_prior
 from stage2_prior.train import train_prior
@@ -242,7 +242,7 @@ def test_stale_temp_of_a_live_process_is_kept(tmp_path: Path):
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypatch):
     """A save that dies half-way (disk full, kill) leaves the old last.ckpt whole."""
-    from stage1_vqvae.trainer import AtomicCheckpointIO
+    from stage1_vqvae.runtime.trainer import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
@@ -262,7 +262,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkey
 
 def test_atomic_outputs_get_the_usual_permissions(tmp_path: Path):
     """Temp files and folders are private while written; the results are not."""
-    from stage1_vqvae.fsutil import atomic_file
+    from stage1_vqvae.runtime.fsutil import atomic_file
 
     old = os.umask(0o022)
     try:
@@ -278,7 +278,7 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path: Path):
 
 def test_resume_position_carries_over_to_another_world_size():
     """A run saved mid-epoch on 2 ranks and resumed on 1 (or 4) skips the same items."""
-    from stage1_vqvae.sampler import EpochShuffleSampler, ResumableLoader
+    from stage1_vqvae.runtime.data_order import EpochShuffleSampler, ResumableLoader
 
     n, bs = 40, 4
     saved = {"epoch": 3, "batches": 2, "batch_size": bs, "world_size": 2}  # 16 items used

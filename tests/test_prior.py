@@ -24,9 +24,9 @@ from pipeline.generate import (
     resolve_class,
     sample,
 )
-from stage1_vqvae.checkpoint import CheckpointError, file_sha256
 from stage1_vqvae.codes import read_code_maps, write_code_maps
 from stage1_vqvae.lit import LitVQVAE
+from stage1_vqvae.runtime.checkpoint import CheckpointError, file_sha256
 from stage2_prior.data import CodeMapDataModule
 from stage2_prior.lit import LitPrior, load_prior
 from stage2_prior.train import train_prior

@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader, Subset
 
 import stage1_vqvae
 import stage2_prior
-from stage1_vqvae.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
 from stage1_vqvae.data import VQDataModule, build_dataset
 from stage1_vqvae.lit import PRESETS, LitVQVAE, load_vqvae
 from stage1_vqvae.model import VQVAE
+from stage1_vqvae.runtime.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
 
 
 def tiny_vqvae(**kw) -> VQVAE:

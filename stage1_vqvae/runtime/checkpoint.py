@@ -19,13 +19,15 @@ from typing import Any, TypeVar
 
 import torch
 
+from .errors import MissingInputError, UserError
+
 VQGEN_VERSION = "0.1.0"
 CHECKPOINT_FORMAT = 1
 T = TypeVar("T", bound=torch.nn.Module)
 KIND_HINT = {"vqvae": "--vqvae", "prior": "--prior"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A file that is not a usable vqgen checkpoint of the expected kind."""
 
 
@@ -41,7 +43,7 @@ def read_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         hint = " (a folder: pass the .ckpt inside it, e.g. last.ckpt)" if path.is_dir() else ""
-        raise FileNotFoundError(f"checkpoint {path} does not exist{hint}")
+        raise MissingInputError(f"checkpoint {path} does not exist{hint}")
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols
             warnings.simplefilter("ignore")

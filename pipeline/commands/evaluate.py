@@ -1,18 +1,13 @@
-"""``vqgen evaluate``: the sub-command (registered by ``pipeline.cli`` through ``add_evaluate``).
-
-Kept out of ``pipeline/cli.py``; it imports cli's helpers inside the functions, so cli.py
-may import this module at its top without a cycle.
-"""
+"""``vqgen evaluate``: the sub-command and its summary table (the work is in :mod:`pipeline.evaluate`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-# here, not in pipeline.evaluate: building the parser must not import torch
-DEFAULT_NUM_SAMPLES = 2000
-EXAMPLE = ("vqgen evaluate --vqvae checkpoints/mnist/vqvae/last.ckpt "
-           "--prior checkpoints/mnist/prior/last.ckpt --data mnist5k --out report/")
+from pipeline.commands.common import UsageError, add_verb, check_new_dir, positive_int, resolve_device
+from pipeline.defaults import DEFAULT_NUM_SAMPLES, DEMO_GUIDANCE, DEMO_TEMPERATURE
+
 HELP = ("Evaluate a VQ-VAE and its prior on held-out data: reconstruction, likelihoods against "
         "baselines, a bits/dim bound and sample quality; writes OUT/metrics.json and "
         "OUT/index.html.")
@@ -20,11 +15,7 @@ HELP = ("Evaluate a VQ-VAE and its prior on held-out data: reconstruction, likel
 
 def add_evaluate(subs) -> None:
     """Register ``evaluate`` on the ``subs`` of ``pipeline.cli.build_parser``."""
-    from pipeline.cli import EXAMPLES, _positive_int, _sub
-    from pipeline.demo import DEMO_GUIDANCE, DEMO_TEMPERATURE
-
-    EXAMPLES.setdefault("evaluate", EXAMPLE)  # _sub reads the epilog example from here
-    p = _sub(subs, "evaluate", HELP)
+    p = add_verb(subs, "evaluate", HELP)
     p.add_argument("--vqvae", default=None,
                    help="VQ-VAE checkpoint (default: the one recorded in --prior)")
     p.add_argument("--prior", default=None,
@@ -39,7 +30,7 @@ def add_evaluate(subs) -> None:
     g.add_argument("--split", choices=["val", "train"], default="val",
                    help="split to evaluate (default val, the held-out one)")
     s = p.add_argument_group("samples")
-    s.add_argument("--num-samples", type=_positive_int, default=DEFAULT_NUM_SAMPLES,
+    s.add_argument("--num-samples", type=positive_int, default=DEFAULT_NUM_SAMPLES,
                    help=f"samples of each kind, class-conditional and unconditional "
                    f"(default {DEFAULT_NUM_SAMPLES})")
     s.add_argument("--guidance", type=float, default=DEMO_GUIDANCE,
@@ -50,7 +41,7 @@ def add_evaluate(subs) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--classifier-cache", default=None,
                    help="folder of the cached scoring classifier (default DATA_ROOT/.vqgen_cache)")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     p.add_argument("--out", required=True, help="report folder (metrics.json, index.html, PNGs)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -59,7 +50,6 @@ def add_evaluate(subs) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run :func:`pipeline.evaluate.evaluate` and print a short summary table."""
-    from pipeline.cli import UsageError, check_new_dir, resolve_device
     from pipeline.evaluate import evaluate
 
     if args.vqvae is None and args.prior is None:

@@ -16,6 +16,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from .errors import UserError
 from .fsutil import atomic_file
 from .progress import PlainProgress, is_tty
 
@@ -193,16 +194,16 @@ def _parse_max_time(value: str | None) -> str | dict | None:
     if ":" in text:
         parts = text.split(":")
         if len(parts) != 4 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"--max-time {value!r}: expected DD:HH:MM:SS or seconds, e.g. 00:00:03:00")
+            raise UserError(f"--max-time {value!r}: expected DD:HH:MM:SS or seconds, e.g. 00:00:03:00")
         return text
     try:
         seconds = float(text)
     except ValueError:
-        raise ValueError(
+        raise UserError(
             f"--max-time {value!r}: expected DD:HH:MM:SS or seconds, e.g. 180"
         ) from None
     if seconds <= 0:
-        raise ValueError(f"--max-time must be positive, got {value!r}")
+        raise UserError(f"--max-time must be positive, got {value!r}")
     return {"seconds": seconds}
 
 

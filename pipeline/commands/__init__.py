@@ -1,0 +1,1 @@
+"""One module per CLI verb family, over :mod:`pipeline.commands.common`."""

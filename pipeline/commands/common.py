@@ -1,0 +1,174 @@
+"""Helpers every CLI verb module shares: argument types, common flag groups, output checks.
+
+No torch at import time: building the parser must stay fast (``vqgen --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.defaults import EXAMPLES
+from stage1_vqvae.runtime.errors import UserError
+
+
+class UsageError(UserError):
+    """A bad flag value found after parsing."""
+
+
+def image_size_arg(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.lower().replace("x", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N or HxW, e.g. 28 or 32x48") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N or HxW with positive sizes")
+    return parts[0], parts[1]
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return v
+
+
+def devices_arg(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when available, else mps, else cpu."""
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def add_verb(subs, name: str, help_text: str) -> argparse.ArgumentParser:
+    return subs.add_parser(
+        name, help=help_text, description=help_text,
+        epilog=f"example:\n  {EXAMPLES[name]}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_data_args(p: argparse.ArgumentParser, default: str | None = "mnist5k") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=default,
+                   help="mnist5k (embedded), mnist, fashion-mnist, cifar10 or folder:PATH"
+                   + (f" (default {default})" if default else " (default: the checkpoint's)"))
+    g.add_argument("--data-root", default="data",
+                   help="where torchvision data sets live (default ./data)")
+    g.add_argument("--download", action="store_true", help="let torchvision download (needs internet)")
+    g.add_argument("--val-fraction", type=float, default=None,
+                   help="held-out fraction for mnist5k and folders (default 0.1; with --vqvae: "
+                   "the checkpoint's)")
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
+
+
+def add_trainer_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--max-epochs", type=positive_int, default=None,
+                   help="epochs (default: from the preset)")
+    g.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps")
+    g.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS or N seconds")
+    g.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, mps (default auto)")
+    g.add_argument("--devices", type=devices_arg, default="auto", help="device count or ids")
+    g.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
+    g.add_argument("--num-nodes", type=positive_int, default=1)
+    g.add_argument("--precision", default="32-true", help="e.g. 32-true, 16-mixed, bf16-mixed")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    g.add_argument("--limit-train-batches", type=float, default=None,
+                   help="batches per epoch (int) or fraction (for smoke tests)")
+    g.add_argument("--limit-val-batches", type=float, default=None)
+    g.add_argument("--checkpoint-every-steps", type=non_negative_int, default=0,
+                   help="also rewrite last.ckpt every N optimizer steps mid-epoch (0 = off)")
+    g.add_argument("--checkpoint-every-minutes", type=non_negative_float, default=10.0,
+                   help="also rewrite last.ckpt every M minutes of training (default 10; 0 = off)")
+
+
+def limit_arg(v: float | None) -> int | float | None:
+    if v is None:
+        return None
+    return int(v) if v >= 1 else v
+
+
+def trainer_kwargs(args: argparse.Namespace, max_epochs: int) -> dict:
+    return dict(
+        max_epochs=args.max_epochs or max_epochs, max_steps=args.max_steps,
+        max_time=args.max_time, accelerator=args.accelerator, devices=args.devices,
+        strategy=args.strategy, num_nodes=args.num_nodes, precision=args.precision,
+        limit_train_batches=limit_arg(args.limit_train_batches),
+        limit_val_batches=limit_arg(args.limit_val_batches),
+        checkpoint_every_steps=args.checkpoint_every_steps,
+        checkpoint_every_minutes=args.checkpoint_every_minutes,
+    )
+
+
+def print_metrics(metrics: dict[str, float], keys: Sequence[str]) -> None:
+    shown = [f"{k} {metrics[k]:.4g}" for k in keys if k in metrics]
+    if shown:
+        print("final: " + ", ".join(shown))
+
+
+def check_new_file(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a folder, expected a .png file path")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--out {path}: expected a .png file name")
+
+
+def check_new_dir(path: Path, overwrite: bool, what: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path} is a file, expected a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UsageError(f"{path} already holds {what}; pass --overwrite or another --out")
+
+
+def dataset_for(lit, args: argparse.Namespace, split: str):
+    """The split's dataset, transformed the way the checkpoint was trained."""
+    from stage1_vqvae.data import build_dataset
+
+    hp = lit.hparams
+    return build_dataset(
+        args.data or hp.data, split, data_root=args.data_root, download=args.download,
+        channels=int(hp.channels), image_size=tuple(hp.image_size),
+        val_fraction=float(hp.val_fraction) if args.val_fraction is None else args.val_fraction,
+        seed=int(hp.seed),
+    )

@@ -1,0 +1,128 @@
+"""Stage-two verbs: ``train-prior`` and ``sample``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.commands.common import (
+    UsageError,
+    add_trainer_args,
+    add_verb,
+    check_new_dir,
+    positive_int,
+    print_metrics,
+    resolve_device,
+    trainer_kwargs,
+)
+
+
+def add_train_prior(subs) -> None:
+    from_meta = "num_codes, code_shape and classes come from the codes' meta.json"
+    p = add_verb(subs, "train-prior", f"Train the gated PixelCNN prior on code maps ({from_meta}).")
+    p.add_argument("--codes", required=True, help="code folder holding train/ and val/")
+    g = p.add_argument_group("model")
+    g.add_argument("--hidden", type=positive_int, default=None, help="channels (default 48)")
+    g.add_argument("--num-layers", type=positive_int, default=None, help="gated layers (default 8)")
+    g.add_argument("--kernel-size", type=int, default=None, help="odd, >= 3 (default 3)")
+    g.add_argument("--head-hidden", type=positive_int, default=None)
+    g.add_argument("--cond-drop", type=float, default=None,
+                   help="probability of dropping the class in training (default 0.1), "
+                   "enables unconditional and guided sampling from one model")
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--batch-size", type=positive_int, default=None)
+    g.add_argument("--num-workers", type=int, default=0)
+    add_trainer_args(p)
+    p.add_argument("--out", default="checkpoints/prior", help="run folder")
+    p.set_defaults(func=cmd_train_prior)
+
+
+def prior_config(args: argparse.Namespace) -> tuple[dict, int, int]:
+    from stage2_prior.train import PRIOR_DEFAULTS
+
+    cfg = dict(PRIOR_DEFAULTS)
+    for key in ("hidden", "num_layers", "kernel_size", "head_hidden", "cond_drop", "lr",
+                "batch_size"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    if cfg["kernel_size"] < 3 or cfg["kernel_size"] % 2 == 0:
+        raise UsageError(f"--kernel-size {cfg['kernel_size']} must be odd and >= 3")
+    if not 0 <= cfg["cond_drop"] < 1:
+        raise UsageError(f"--cond-drop {cfg['cond_drop']} must be in [0, 1)")
+    batch_size = cfg.pop("batch_size")
+    max_epochs = cfg.pop("max_epochs")
+    return cfg, batch_size, max_epochs
+
+
+def cmd_train_prior(args: argparse.Namespace) -> int:
+    from stage2_prior.train import train_prior
+
+    model_args, batch_size, max_epochs = prior_config(args)
+    res = train_prior(
+        args.codes, args.out, model_args, trainer_args=trainer_kwargs(args, max_epochs),
+        batch_size=batch_size, seed=args.seed, num_workers=args.num_workers,
+        resume=args.resume, overwrite=args.overwrite,
+    )
+    if not res.is_global_zero:
+        return 0
+    print_metrics(res.metrics, ("val/nll", "val/bits_per_code", "val/nll_uncond"))
+    print(f"checkpoint: {res.last}")
+    if res.best:
+        print(f"best:       {res.best}")
+    return 0
+
+
+def add_sample(subs) -> None:
+    p = add_verb(subs, "sample", "Sample code grids from the prior and decode them with the VQ-VAE.")
+    p.add_argument("--prior", required=True, help="prior checkpoint (.ckpt)")
+    p.add_argument("--vqvae", default=None,
+                   help="VQ-VAE checkpoint (default: the one recorded in the prior)")
+    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--class", dest="class_", default=None, help="class index or name")
+    p.add_argument("--per-class", type=int, default=None,
+                   help="N samples of every class, one row per class")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale (1 = none; needs a class)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--sampler", choices=["cached", "naive"], default="cached",
+                   help="cached (fast, default) or naive (reference)")
+    p.add_argument("--nrow", type=positive_int, default=None, help="images per grid row")
+    p.add_argument("--out", required=True, help="folder for grid.png, NNNNNN.png, codes.npy")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from pipeline.generate import load_pair, make_labels, resolve_class, sample, write_samples
+
+    if args.num <= 0:
+        raise UsageError(f"--num {args.num} must be a positive integer")
+    if args.per_class is not None and args.per_class <= 0:
+        raise UsageError(f"--per-class {args.per_class} must be a positive integer")
+    if args.per_class is not None and args.class_ is not None:
+        raise UsageError("give --class or --per-class, not both")
+    out = Path(args.out)
+    check_new_dir(out, args.overwrite, "files (samples?)")
+    device = resolve_device(args.device)
+    prior, vqvae = load_pair(args.prior, args.vqvae, device)
+    class_index = resolve_class(prior, args.class_)
+    labels = make_labels(prior, args.num, class_index, args.per_class)
+    num = args.num if args.per_class is None else int(labels.shape[0])
+    res = sample(prior, vqvae, num, labels=labels, temperature=args.temperature,
+                 top_k=args.top_k, top_p=args.top_p, guidance=args.guidance, seed=args.seed,
+                 batch_size=args.batch_size, device=device, sampler=args.sampler)
+    nrow = args.nrow or (args.per_class if args.per_class else min(8, num))
+    settings = dict(prior=str(args.prior), vqvae=str(getattr(vqvae, "checkpoint_path", "")),
+                    class_index=class_index, per_class=args.per_class,
+                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
+                    sampler=args.sampler)
+    write_samples(out, res, class_names=list(prior.hparams.class_names), nrow=nrow,
+                  settings=settings)
+    print(f"samples: {out}/grid.png ({num} images; one PNG each, codes.npy)")
+    return 0

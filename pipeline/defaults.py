@@ -1,0 +1,32 @@
+"""Defaults and examples shared by the CLI, the demo and the evaluation library.
+
+Plain constants (no torch), so both the parser and library modules can import them
+without importing each other.
+"""
+
+from __future__ import annotations
+
+# CPU-sized demo: about 2 + 2 minutes of training on 2 cores (see benchmarks/stage2.py)
+DEMO_VQVAE_EPOCHS = 16
+DEMO_PRIOR_EPOCHS = 9
+DEMO_GUIDANCE = 3.0  # classifier-free guidance: clearly class-like digits (see README)
+DEMO_TEMPERATURE = 0.9
+
+# samples of each kind that `vqgen evaluate` draws for its sample metrics
+DEFAULT_NUM_SAMPLES = 2000
+
+# the runnable example at the end of each verb's --help (and in `vqgen --help`)
+EXAMPLES = {
+    "train-vqvae": "vqgen train-vqvae --data mnist5k --out checkpoints/mnist/vqvae",
+    "encode": "vqgen encode --vqvae checkpoints/mnist/vqvae/last.ckpt --data mnist5k "
+    "--out checkpoints/mnist/codes",
+    "reconstruct": "vqgen reconstruct --vqvae checkpoints/mnist/vqvae/last.ckpt --data mnist5k "
+    "--split val --out recon.png",
+    "decode": "vqgen decode --vqvae checkpoints/mnist/vqvae/last.ckpt "
+    "--codes checkpoints/mnist/codes/val --out decoded/",
+    "train-prior": "vqgen train-prior --codes checkpoints/mnist/codes --out checkpoints/mnist/prior",
+    "sample": "vqgen sample --prior checkpoints/mnist/prior/last.ckpt --num 64 --out samples/",
+    "demo": "vqgen demo --out checkpoints/demo",
+    "evaluate": "vqgen evaluate --vqvae checkpoints/mnist/vqvae/last.ckpt "
+    "--prior checkpoints/mnist/prior/last.ckpt --data mnist5k --out report/",
+}
