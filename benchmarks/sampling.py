@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stage1_vqvae.model import VQVAE
 from stage2_prior.model import GatedPixelCNN  # noqa: E402
+from stage2_prior.sampling import sample  # noqa: E402
 
 
 def timed(fn, budget_s: float = 1.5, max_reps: int = 5) -> float:
@@ -75,13 +76,13 @@ def bench(grid: tuple[int, int], batch: int, naive_max_positions: int, seed: int
     with torch.inference_mode():
         model(codes)  # warm-up
         forward_s = timed(lambda: model(codes))
-        model.sample(batch, generator=gen(), sampler="cached")  # warm-up
+        sample(model, batch, generator=gen(), sampler="cached")  # warm-up
         cached_out: list[torch.Tensor] = []
-        cached_s = timed(lambda: cached_out.append(model.sample(batch, generator=gen())))
+        cached_s = timed(lambda: cached_out.append(sample(model, batch, generator=gen())))
         t0 = time.perf_counter()
-        naive = model.sample(batch, generator=gen(), sampler="naive", **part)
+        naive = sample(model, batch, generator=gen(), sampler="naive", **part)
         naive_s = (time.perf_counter() - t0) * positions / p
-        same = model.sample(batch, generator=gen(), **part) if extrapolated else cached_out[0]
+        same = sample(model, batch, generator=gen(), **part) if extrapolated else cached_out[0]
         # decoding with the default MNIST-preset VQ-VAE (4x up-sampling), for images/s
         vqvae = VQVAE(image_size=(4 * h, 4 * w), num_codes=256).eval()
         vqvae.decode_codes(codes)  # warm-up

@@ -20,7 +20,8 @@ from stage1_vqvae.runtime.errors import MissingInputError, UserError
 from stage1_vqvae.runtime.fsutil import atomic_dir
 from stage1_vqvae.runtime.grid import save_grid, save_png
 from stage2_prior.lit import LitPrior, load_prior
-from stage2_prior.model import validate_sampling_args
+from stage2_prior.sampling import sample as sample_codes
+from stage2_prior.sampling import validate_sampling_args
 
 
 class MismatchError(UserError):
@@ -138,7 +139,7 @@ def sample(
     for s in range(0, num, batch_size):
         n = min(batch_size, num - s)
         lab = None if labels is None else labels[s : s + n].to(device)
-        codes = model.sample(n, labels=lab, temperature=temperature, top_k=top_k, top_p=top_p,
+        codes = sample_codes(model, n, labels=lab, temperature=temperature, top_k=top_k, top_p=top_p,
                              guidance=guidance, generator=gen, sampler=sampler)
         out_codes.append(codes.cpu())
         out_images.append(dec.decode_codes(codes).cpu())

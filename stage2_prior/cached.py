@@ -1,4 +1,4 @@
-"""Cached incremental sampling for ``GatedPixelCNN`` (the default sampler of ``sample``).
+"""Cached incremental activations of ``GatedPixelCNN`` (the machinery of the default sampler).
 
 The naive sampler runs the whole network once per position: h*w forward passes per grid,
 nearly all of it recomputing activations that did not change. Following the idea of
@@ -46,15 +46,11 @@ a correct sample from the same distribution, just not the naive sampler's one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stage2_prior.model import GatedPixelCNN, filter_logits
-
-LogitsHook = Callable[[int, int, Tensor], None]
+from stage2_prior.model import GatedPixelCNN
 
 
 def _per_position(weight: Tensor, vec: bool) -> Tensor:
@@ -229,104 +225,15 @@ class IncrementalState:
             self.embed_col[j].copy_(F.embedding(codes, self.embed_w))
 
 
-def _network_labels(model: GatedPixelCNN, idx: Tensor | None, guided: bool) -> Tensor | None:
-    """Labels the network runs on: idx, or [idx; null] for classifier-free guidance."""
-    if not guided:
-        return idx
-    assert idx is not None
-    return torch.cat([idx, torch.full_like(idx, model.null_label)])
-
-
-@torch.no_grad()
-def sample_prepared(
-    model: GatedPixelCNN,
-    codes: Tensor,
-    keep: Tensor,
-    idx: Tensor | None,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    guidance: float = 1.0,
-    generator: torch.Generator | None = None,
-    on_logits: LogitsHook | None = None,
-) -> Tensor:
-    """The cached sampler on arguments already checked by ``GatedPixelCNN._prepare_sampling``.
-
-    codes int64 (num, h, w) (kept positions filled), keep bool (num, h, w), idx int64 (num,)
-    or None, all on the model's device. Fills ``codes`` in place and returns it.
-    ``on_logits(i, j, logits)``, if given, sees the guided logits (num, K) before filtering
-    at every position that is drawn. Same draws, in the same order, as the naive sampler.
-    """
-    num, h, w = codes.shape
-    guided = idx is not None and guidance != 1
-    net_labels = _network_labels(model, idx, guided)
-    # positions drawn (not kept in every row), decided up front: no per-position sync
-    drawn = (~keep.all(dim=0)).tolist()  # (h, w) nested lists of bool
-    rows = [i for i in range(h) if any(drawn[i])]
-    if not rows:
-        return codes
-    state = IncrementalState(model, net_labels, 2 * num if guided else num, w)
-
-    def net(x: Tensor) -> Tensor:  # codes (num, ...) as the network's batch sees them
-        return torch.cat([x, x]) if guided else x
-
-    for i in range(rows[-1] + 1):
-        state.begin_row(i, net(codes[:, i - 1]) if i else None)
-        if not any(drawn[i]):
-            continue  # nothing drawn in this row: its horizontal stack feeds nothing
-        last_j = max(j for j in range(w) if drawn[i][j])
-        for j in range(last_j + 1):
-            state.step(j)
-            if drawn[i][j]:
-                logits = state.logits()
-                if guided:
-                    cond, uncond = logits.chunk(2)
-                    logits = uncond + guidance * (cond - uncond)
-                if on_logits is not None:
-                    on_logits(i, j, logits)
-                logits = filter_logits(logits, temperature, top_k, top_p)
-                probs = logits.float().softmax(dim=1)
-                draw = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                codes[:, i, j] = torch.where(keep[:, i, j], codes[:, i, j], draw)
-            if j < last_j:
-                state.set_code(j, net(codes[:, i, j]))
-    return codes
-
-
-@torch.no_grad()
-def sample_cached(
-    model: GatedPixelCNN,
-    num: int,
-    *,
-    labels: Tensor | None = None,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    guidance: float = 1.0,
-    generator: torch.Generator | None = None,
-    prefix: Tensor | None = None,
-    mask: Tensor | None = None,
-    on_logits: LogitsHook | None = None,
-) -> Tensor:
-    """``model.sample(num, ..., sampler="cached")`` with an optional ``on_logits(i, j,
-    logits)`` hook (guided logits (num, K) before filtering, at every drawn position)."""
-    idx, codes, keep = model._prepare_sampling(num, labels, temperature, top_k, top_p,
-                                               guidance, generator, prefix, mask)
-    return sample_prepared(model, codes, keep, idx, temperature=temperature, top_k=top_k,
-                           top_p=top_p, guidance=guidance, generator=generator,
-                           on_logits=on_logits)
-
-
 @torch.no_grad()
 def incremental_logits(model: GatedPixelCNN, codes: Tensor, labels: Tensor | None = None
                        ) -> Tensor:
     """Logits (B, K, h, w) of ``codes`` int (B, h, w) computed by the cached machinery,
     position by position (teacher forcing); equals ``model(codes, labels)`` to float
     rounding. labels as in ``forward`` ([0, num_classes], None = null class)."""
-    codes = model._check_codes(codes)
+    codes = model.check_codes(codes)
     b, h, w = codes.shape
-    idx = model._label_index(labels, b, allow_null=True)
+    idx = model.label_index(labels, b, allow_null=True)
     state = IncrementalState(model, idx, b, w)
     out = torch.empty(b, model.num_codes, h, w, dtype=model.embed.weight.dtype,
                       device=codes.device)

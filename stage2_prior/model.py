@@ -1,10 +1,8 @@
-"""Gated PixelCNN prior over grids of VQ-VAE code indices, and its reference sampler.
+"""Gated PixelCNN prior over grids of VQ-VAE code indices.
 
 ``GatedPixelCNN.forward(codes, labels)`` gives, at every position of a (h, w) grid, the
 logits of the code there given the codes before it in raster order (row by row, left to
-right). ``sample`` draws grids one position at a time with the full forward pass (the
-slow, obviously correct reference); the per-position logits come from ``_step_logits`` so
-that a cached incremental sampler can be checked against it.
+right). Drawing grids from it is :mod:`stage2_prior.sampling`'s job.
 
 Class conditioning (``num_classes > 0``): a per-layer embedding of the label is added to
 the gate pre-activations of both stacks. Row ``num_classes`` of that embedding is the
@@ -14,15 +12,11 @@ the gate pre-activations of both stacks. Row ``num_classes`` of that embedding i
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from stage1_vqvae.runtime.errors import UserError
 from stage2_prior.layers import GatedBlock, check_kernel_size, dependency_mask
-
-SAMPLERS = ("cached", "naive")
 
 
 def _is_int(x: object) -> bool:
@@ -31,62 +25,6 @@ def _is_int(x: object) -> bool:
 
 def _is_real(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def validate_sampling_args(
-    num_codes: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    guidance: float = 1.0,
-) -> None:
-    """Raise ``ValueError`` (one line naming the value and the allowed range) on a bad knob.
-
-    - ``temperature``: finite, > 0.
-    - ``top_k``: None or an int in [1, num_codes].
-    - ``top_p``: None or in (0, 1].
-    - ``guidance``: finite, >= 0. 0 samples the unconditional model, 1 the conditional one
-      (no guidance, the default), > 1 sharpens towards the class. Negative values would
-      push samples *away* from the class, which is never what "sample class c" means.
-    """
-    if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
-        raise UserError(f"temperature={temperature!r} must be a finite number > 0")
-    if top_k is not None and (not _is_int(top_k) or not 1 <= top_k <= num_codes):
-        raise UserError(f"top_k={top_k!r} must be None or an int in [1, {num_codes}]")
-    if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
-        raise UserError(f"top_p={top_p!r} must be None or a number in (0, 1]")
-    if not _is_real(guidance) or not math.isfinite(guidance) or guidance < 0:
-        raise UserError(f"guidance={guidance!r} must be a finite number >= 0 (1 = no guidance)")
-
-
-def filter_logits(
-    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
-) -> Tensor:
-    """Temperature, then top-k, then top-p (nucleus) filtering.
-
-    logits (B, K) finite -> (B, K): ``logits / temperature`` with removed entries set to
-    -inf. top-k keeps exactly the k largest (ties broken by ``torch.topk``); top-p then keeps
-    the smallest set of most likely codes whose probability (after temperature and top-k)
-    sums to >= top_p. At least one code always survives. Raises ``ValueError`` on bad knobs.
-    """
-    if logits.dim() != 2:
-        raise UserError(f"logits must be (B, K), got shape {tuple(logits.shape)}")
-    k_all = logits.shape[1]
-    validate_sampling_args(k_all, temperature, top_k, top_p)
-    out = logits / temperature
-    if top_k is not None and top_k < k_all:
-        # scatter the top-k indices rather than thresholding, so ties cannot keep more than k
-        keep = torch.zeros_like(out, dtype=torch.bool)
-        keep.scatter_(1, out.topk(top_k, dim=1).indices, True)
-        out = out.masked_fill(~keep, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = out.sort(dim=1, descending=True)
-        probs = sorted_logits.float().softmax(dim=1)
-        mass_before = probs.cumsum(dim=1) - probs
-        drop_sorted = mass_before >= top_p  # the first code has mass_before 0, always kept
-        drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
-        out = out.masked_fill(drop, float("-inf"))
-    return out
 
 
 class GatedPixelCNN(nn.Module):
@@ -164,10 +102,12 @@ class GatedPixelCNN(nn.Module):
         """Label index meaning "no class" (= num_classes); only when num_classes > 0."""
         return self.num_classes
 
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
+        """The device the weights live on."""
         return self.embed.weight.device
 
-    def _label_index(self, labels: Tensor | None, batch: int, allow_null: bool) -> Tensor | None:
+    def label_index(self, labels: Tensor | None, batch: int, allow_null: bool) -> Tensor | None:
         """labels (B,) int -> int64 (B,) on the model's device; None -> all null (or None)."""
         if self.num_classes == 0:
             if labels is not None:
@@ -175,7 +115,7 @@ class GatedPixelCNN(nn.Module):
                                  "(num_classes=0); pass labels=None")
             return None
         if labels is None:
-            return torch.full((batch,), self.null_label, dtype=torch.long, device=self._device())
+            return torch.full((batch,), self.null_label, dtype=torch.long, device=self.device)
         if not isinstance(labels, Tensor):
             raise UserError(f"labels must be an int64 tensor of shape ({batch},), "
                              f"got {type(labels).__name__}")
@@ -186,9 +126,9 @@ class GatedPixelCNN(nn.Module):
         if batch > 0 and (int(labels.min()) < 0 or int(labels.max()) > top):
             raise UserError(f"labels must be in [0, {top}] (num_classes={self.num_classes}), "
                              f"got min {int(labels.min())} max {int(labels.max())}")
-        return labels.to(device=self._device(), dtype=torch.long)
+        return labels.to(device=self.device, dtype=torch.long)
 
-    def _check_codes(self, codes: Tensor, name: str = "codes") -> Tensor:
+    def check_codes(self, codes: Tensor, name: str = "codes") -> Tensor:
         if (not isinstance(codes, Tensor) or codes.dim() != 3 or codes.is_floating_point()
                 or codes.is_complex() or codes.dtype == torch.bool):
             got = (f"{codes.dtype} {tuple(codes.shape)}" if isinstance(codes, Tensor)
@@ -199,7 +139,7 @@ class GatedPixelCNN(nn.Module):
             if lo < 0 or hi >= self.num_codes:
                 raise UserError(f"{name} must be in [0, {self.num_codes - 1}], "
                                  f"got min {lo} max {hi}")
-        return codes.to(device=self._device(), dtype=torch.long)
+        return codes.to(device=self.device, dtype=torch.long)
 
     def drop_labels(self, labels: Tensor, p: float, generator: torch.Generator | None = None
                     ) -> Tensor:
@@ -213,7 +153,7 @@ class GatedPixelCNN(nn.Module):
             raise UserError(f"p={p!r} must be a number in [0, 1]")
         if not isinstance(labels, Tensor) or labels.dim() != 1:
             raise UserError(f"labels must be a 1-D integer tensor (B,), got {labels!r:.60}")
-        idx = self._label_index(labels, labels.shape[0], allow_null=False)
+        idx = self.label_index(labels, labels.shape[0], allow_null=False)
         if p == 0:
             return idx
         u = torch.rand(idx.shape, generator=generator, device=idx.device)
@@ -238,8 +178,8 @@ class GatedPixelCNN(nn.Module):
 
         logits[:, :, i, j] depends only on codes strictly before (i, j) in raster order.
         """
-        codes = self._check_codes(codes)
-        idx = self._label_index(labels, codes.shape[0], allow_null=True)
+        codes = self.check_codes(codes)
+        idx = self.label_index(labels, codes.shape[0], allow_null=True)
         x = self.embed(codes).permute(0, 3, 1, 2).contiguous()  # (B, hidden, h, w)
         v, h = x, x
         skips = None
@@ -250,134 +190,3 @@ class GatedPixelCNN(nn.Module):
             v, h, skip = block(v, h, cond)
             skips = skip if skips is None else skips + skip
         return self.head(skips)
-
-    # ---------------------------------------------------------------------- sampling
-    def _step_logits(self, codes: Tensor, labels: Tensor | None, i: int, j: int) -> Tensor:
-        """Logits (B, num_codes) at position (i, j) from the full forward pass.
-
-        codes int64 (B, h, w) on the model's device (only positions before (i, j) matter);
-        labels int64 (B,) in [0, num_classes] or None. The reference an incremental
-        sampler must reproduce.
-        """
-        return self.forward(codes, labels)[:, :, i, j]
-
-    def _guided_logits(self, codes: Tensor, labels: Tensor | None, i: int, j: int,
-                       guidance: float) -> Tensor:
-        """Logits (B, num_codes) at (i, j) with classifier-free guidance.
-
-        With labels and guidance != 1: uncond + guidance * (cond - uncond), where uncond
-        uses the null class; cond and uncond run as one batch [codes; codes].
-        """
-        if labels is None or guidance == 1:
-            return self._step_logits(codes, labels, i, j)
-        null = torch.full_like(labels, self.null_label)
-        both = self._step_logits(torch.cat([codes, codes]), torch.cat([labels, null]), i, j)
-        cond, uncond = both.chunk(2)
-        return uncond + guidance * (cond - uncond)
-
-    def _prepare_completion(self, num: int, prefix: Tensor | None, mask: Tensor | None
-                            ) -> tuple[Tensor, Tensor]:
-        """-> (codes int64 (num, h, w), keep bool (num, h, w)) on the model's device."""
-        h, w = self.code_shape
-        device = self._device()
-        if prefix is None and mask is None:
-            return (torch.zeros(num, h, w, dtype=torch.long, device=device),
-                    torch.zeros(num, h, w, dtype=torch.bool, device=device))
-        if prefix is None or mask is None:
-            raise UserError("prefix and mask go together: prefix (num, h, w) gives the codes, "
-                             "mask (h, w) or (num, h, w) bool says which to keep")
-        if tuple(prefix.shape) != (num, h, w):
-            raise UserError(f"prefix must have shape ({num}, {h}, {w}) (num, *code_shape), "
-                             f"got {tuple(prefix.shape)}")
-        if mask.dtype != torch.bool or tuple(mask.shape) not in ((h, w), (num, h, w)):
-            raise UserError(f"mask must be bool ({h}, {w}) or ({num}, {h}, {w}), "
-                             f"got {mask.dtype} {tuple(mask.shape)}")
-        keep = mask.to(device).expand(num, h, w)
-        # only kept positions must be valid codes; the rest are overwritten
-        codes = torch.where(keep, prefix.to(device), torch.zeros((), dtype=prefix.dtype,
-                                                                 device=device))
-        codes = self._check_codes(codes, "prefix (where mask is True)")
-        return codes.clone(), keep.clone()
-
-    @torch.no_grad()
-    def sample(
-        self,
-        num: int,
-        *,
-        labels: Tensor | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        guidance: float = 1.0,
-        generator: torch.Generator | None = None,
-        prefix: Tensor | None = None,
-        mask: Tensor | None = None,
-        sampler: str = "cached",
-    ) -> Tensor:
-        """Draw ``num`` code grids of shape ``code_shape`` -> int64 (num, h, w), model's device.
-
-        ``sampler="naive"`` is the reference: positions in raster order; at each one the full
-        forward runs, the logits there get guidance (``_guided_logits``), then
-        ``filter_logits``, then one ``torch.multinomial(probs, 1, generator=generator)`` for
-        all ``num`` rows. ``sampler="cached"`` (the default, ``stage2_prior.cached``) keeps
-        each layer's activations and computes only what each new position needs; it makes
-        the same calls on the generator in the same order, so it gives the same grids.
-
-        labels int (num,) in [0, num_classes) or None (unconditional: the null class).
-        guidance != 1 needs labels. ``generator`` must live on the model's device; the same
-        seed gives the same grids. Completion: ``prefix`` int (num, h, w) with ``mask`` bool
-        (h, w) or (num, h, w); where mask is True the prefix code is kept and never drawn.
-        A position kept in every row is skipped without a draw; otherwise every row draws
-        (so the generator advances the same way whatever the mask), and kept rows discard it.
-        """
-        if sampler not in SAMPLERS:
-            raise UserError(f"sampler={sampler!r} must be one of {', '.join(SAMPLERS)}")
-        idx, codes, keep = self._prepare_sampling(num, labels, temperature, top_k, top_p,
-                                                  guidance, generator, prefix, mask)
-        if sampler == "cached":
-            from stage2_prior.cached import sample_prepared  # cached.py imports this module
-
-            return sample_prepared(self, codes, keep, idx, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, guidance=guidance, generator=generator)
-        h, w = self.code_shape
-        for i in range(h):
-            for j in range(w):
-                keep_ij = keep[:, i, j]
-                if bool(keep_ij.all()):
-                    continue
-                logits = self._guided_logits(codes, idx, i, j, guidance)
-                logits = filter_logits(logits, temperature, top_k, top_p)
-                probs = logits.float().softmax(dim=1)
-                draw = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                codes[:, i, j] = torch.where(keep_ij, codes[:, i, j], draw)
-        return codes
-
-    def _prepare_sampling(
-        self,
-        num: int,
-        labels: Tensor | None,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
-        guidance: float,
-        generator: torch.Generator | None,
-        prefix: Tensor | None,
-        mask: Tensor | None,
-    ) -> tuple[Tensor | None, Tensor, Tensor]:
-        """Check the arguments of ``sample`` (``ValueError`` on bad input) ->
-        (label index int64 (num,) or None, codes int64 (num, h, w), keep bool (num, h, w)),
-        all on the model's device. Shared by every sampler, so they refuse the same input.
-        """
-        validate_sampling_args(self.num_codes, temperature, top_k, top_p, guidance)
-        if not _is_int(num) or num < 1:
-            raise UserError(f"num={num!r} must be an int >= 1")
-        idx = self._label_index(labels, num, allow_null=False)
-        if labels is None and guidance != 1:
-            raise UserError(f"guidance={guidance} needs labels (classifier-free guidance "
-                             "mixes conditional and unconditional logits); pass labels")
-        device = self._device()
-        if generator is not None and generator.device.type != device.type:
-            raise UserError(f"generator is on {generator.device} but the model is on "
-                             f"{device}; make the generator on the model's device")
-        codes, keep = self._prepare_completion(num, prefix, mask)
-        return idx, codes, keep

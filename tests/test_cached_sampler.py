@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from stage2_prior.cached import incremental_logits, sample_cached
+from stage2_prior.cached import incremental_logits
 from stage2_prior.model import GatedPixelCNN
+from stage2_prior.sampling import sample
 
 
 def make_model(
@@ -35,22 +36,14 @@ def make_model(
 
 def naive_with_logits(model: GatedPixelCNN, num: int, **kwargs
                       ) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor]]:
-    """model.sample(sampler="naive") recording the guided logits (num, K) at each drawn
-    position (the naive sampler computes them in ``_guided_logits``)."""
+    """The naive sampler (full forward pass per position) recording the guided logits
+    (num, K) at each drawn position."""
     seen: dict[tuple[int, int], torch.Tensor] = {}
-    inner = model._guided_logits
 
-    def record(codes, labels, i, j, guidance):
-        out = inner(codes, labels, i, j, guidance)
-        seen[(i, j)] = out.clone()
-        return out
+    def record(i: int, j: int, logits: torch.Tensor) -> None:
+        seen[(i, j)] = logits.clone()
 
-    model._guided_logits = record  # instance attribute, removed below
-    try:
-        codes = model.sample(num, sampler="naive", **kwargs)
-    finally:
-        del model._guided_logits
-    return codes, seen
+    return sample(model, num, sampler="naive", on_logits=record, **kwargs), seen
 
 
 def cached_with_logits(model: GatedPixelCNN, num: int, **kwargs
@@ -60,7 +53,7 @@ def cached_with_logits(model: GatedPixelCNN, num: int, **kwargs
     def record(i: int, j: int, logits: torch.Tensor) -> None:
         seen[(i, j)] = logits.clone()
 
-    return sample_cached(model, num, on_logits=record, **kwargs), seen
+    return sample(model, num, on_logits=record, **kwargs), seen
 
 
 def assert_same(model: GatedPixelCNN, num: int, seed: int = 0, **kwargs) -> torch.Tensor:
@@ -75,7 +68,7 @@ def assert_same(model: GatedPixelCNN, num: int, seed: int = 0, **kwargs) -> torc
         torch.testing.assert_close(cached_logits[pos], ref, atol=1e-4, rtol=1e-4,
                                    msg=lambda m, pos=pos: f"logits at {pos}: {m}")
     # the default sampler is the cached one, through the public entry point
-    default = model.sample(num, generator=torch.Generator().manual_seed(seed), **kwargs)
+    default = sample(model, num, generator=torch.Generator().manual_seed(seed), **kwargs)
     assert torch.equal(default, cached)
     return cached
 
@@ -177,14 +170,14 @@ def test_same_completion() -> None:
     out = assert_same(model, 3, labels=labels, prefix=junk, mask=row_mask, top_k=4)
     assert torch.equal(out[row_mask], prefix[row_mask])
     full = torch.ones(6, 5, dtype=torch.bool)
-    assert torch.equal(model.sample(3, prefix=prefix, mask=full), prefix)
+    assert torch.equal(sample(model, 3, prefix=prefix, mask=full), prefix)
 
 
 def test_greedy_cached_samples_are_argmax_of_forward() -> None:
     """top_k=1 through the cached sampler reproduces the model's own argmax."""
     model = make_model((5, 6), num_classes=3, num_layers=3)
     labels = torch.tensor([0, 1, 2])
-    samples = model.sample(3, labels=labels, top_k=1)
+    samples = sample(model, 3, labels=labels, top_k=1)
     with torch.no_grad():
         assert torch.equal(model(samples, labels).argmax(1), samples)
 
@@ -195,7 +188,7 @@ def test_generator_consumed_identically() -> None:
     states = []
     for sampler in ("naive", "cached"):
         gen = torch.Generator().manual_seed(9)
-        model.sample(2, labels=torch.tensor([0, 1]), guidance=2.0, top_p=0.9, generator=gen,
+        sample(model, 2, labels=torch.tensor([0, 1]), guidance=2.0, top_p=0.9, generator=gen,
                      sampler=sampler)
         states.append(gen.get_state())
     assert torch.equal(states[0], states[1])
@@ -206,7 +199,7 @@ def test_global_rng_when_no_generator() -> None:
     outs = []
     for sampler in ("naive", "cached"):
         torch.manual_seed(123)
-        outs.append(model.sample(3, sampler=sampler))
+        outs.append(sample(model, 3, sampler=sampler))
     assert torch.equal(outs[0], outs[1])
 
 
@@ -218,13 +211,13 @@ def test_no_state_between_calls() -> None:
     attrs = set(vars(model))
 
     def draw() -> torch.Tensor:
-        return model.sample(4, labels=torch.tensor([0, 1, 2, 0]), guidance=1.5,
+        return sample(model, 4, labels=torch.tensor([0, 1, 2, 0]), guidance=1.5,
                             generator=torch.Generator().manual_seed(0))
 
     first = draw()
-    model.sample(2, labels=torch.tensor([2, 2]), top_k=2)  # a different call in between
+    sample(model, 2, labels=torch.tensor([2, 2]), top_k=2)  # a different call in between
     torch.manual_seed(0)
-    model.sample(7, prefix=first.repeat(2, 1, 1)[:7], mask=torch.rand(5, 5) < 0.3)
+    sample(model, 7, prefix=first.repeat(2, 1, 1)[:7], mask=torch.rand(5, 5) < 0.3)
     assert torch.equal(draw(), first)
     assert set(vars(model)) == attrs
     after = model.state_dict()
@@ -240,20 +233,20 @@ def test_memory_does_not_grow_with_batches() -> None:
         return sum(1 for o in gc.get_objects() if issubclass(type(o), torch.Tensor))
 
     labels = torch.tensor([0, 1] * 8)
-    model.sample(16, labels=labels, guidance=1.5)  # warm-up
+    sample(model, 16, labels=labels, guidance=1.5)  # warm-up
     base = live_tensors()
     for _ in range(5):
-        model.sample(16, labels=labels, guidance=1.5)
+        sample(model, 16, labels=labels, guidance=1.5)
     assert live_tensors() <= base
 
 
 def test_sampler_argument() -> None:
     model = make_model((3, 3))
     with pytest.raises(ValueError, match="sampler='fast' must be one of cached, naive"):
-        model.sample(2, sampler="fast")
+        sample(model, 2, sampler="fast")
     # both refuse bad input the same way (shared checks)
     for sampler in ("cached", "naive"):
         with pytest.raises(ValueError, match="temperature"):
-            model.sample(2, temperature=0, sampler=sampler)
+            sample(model, 2, temperature=0, sampler=sampler)
         with pytest.raises(ValueError, match="needs labels"):
-            model.sample(2, guidance=2.0, sampler=sampler)
+            sample(model, 2, guidance=2.0, sampler=sampler)

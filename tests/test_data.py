@@ -43,7 +43,7 @@ def _digest(a: np.ndarray) -> str:
 
 @pytest.fixture(scope="module")
 def raw5k() -> tuple[np.ndarray, np.ndarray]:
-    with np.load(Path(D.__file__).parent / "assets" / "mnist5k.npz") as z:
+    with np.load(Path(D.__file__).parents[1] / "assets" / "mnist5k.npz") as z:
         return z["images"], z["labels"]
 
 

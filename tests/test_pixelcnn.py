@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stage2_prior.layers import dependency_mask
-from stage2_prior.model import GatedPixelCNN, filter_logits, validate_sampling_args
+from stage2_prior.model import GatedPixelCNN
+from stage2_prior.sampling import filter_logits, sample, validate_sampling_args
 
 
 def make_model(
@@ -161,7 +162,7 @@ def test_same_seed_same_samples() -> None:
     labels = torch.tensor([0, 1, 0, 1, 1, 0])
 
     def draw(seed: int) -> torch.Tensor:
-        return model.sample(6, labels=labels, generator=torch.Generator().manual_seed(seed),
+        return sample(model, 6, labels=labels, generator=torch.Generator().manual_seed(seed),
                             top_p=0.9, guidance=1.5)
 
     a, b, c = draw(0), draw(0), draw(1)
@@ -175,7 +176,7 @@ def test_same_seed_same_samples() -> None:
 def test_greedy_samples_are_self_consistent(num_classes: int) -> None:
     model = make_model(code_shape=(4, 6), num_classes=num_classes)
     labels = torch.tensor([0, 1, 2, 2]) if num_classes else None
-    samples = model.sample(4, labels=labels, top_k=1)
+    samples = sample(model, 4, labels=labels, top_k=1)
     with torch.no_grad():
         assert torch.equal(model(samples, labels).argmax(1), samples)
 
@@ -184,7 +185,7 @@ def test_greedy_samples_are_self_consistent(num_classes: int) -> None:
 def test_greedy_guided_samples_follow_guided_logits(guidance: float) -> None:
     model = make_model(code_shape=(3, 5), num_classes=3)
     labels = torch.tensor([0, 1, 2])
-    samples = model.sample(3, labels=labels, top_k=1, guidance=guidance)
+    samples = sample(model, 3, labels=labels, top_k=1, guidance=guidance)
     with torch.no_grad():
         cond, uncond = model(samples, labels), model(samples, None)
     assert torch.equal((uncond + guidance * (cond - uncond)).argmax(1), samples)
@@ -193,7 +194,7 @@ def test_greedy_guided_samples_follow_guided_logits(guidance: float) -> None:
 @pytest.mark.parametrize("shape", [(1, 6), (6, 1)])
 def test_sampling_thin_grids(shape: tuple[int, int]) -> None:
     model = make_model(code_shape=shape)
-    samples = model.sample(3, top_k=1)
+    samples = sample(model, 3, top_k=1)
     assert samples.shape == (3, *shape)
     with torch.no_grad():
         assert torch.equal(model(samples).argmax(1), samples)
@@ -204,10 +205,10 @@ def test_completion_keeps_prefix() -> None:
     torch.manual_seed(5)
     prefix = torch.randint(0, model.num_codes, (3, 4, 5))
     mask = torch.rand(4, 5) < 0.5
-    out = model.sample(3, prefix=prefix, mask=mask, generator=torch.Generator().manual_seed(0))
+    out = sample(model, 3, prefix=prefix, mask=mask, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out[:, mask], prefix[:, mask])
     # greedy completion: every drawn position is the argmax given the kept codes
-    greedy = model.sample(3, prefix=prefix, mask=mask, top_k=1)
+    greedy = sample(model, 3, prefix=prefix, mask=mask, top_k=1)
     assert torch.equal(greedy[:, mask], prefix[:, mask])
     with torch.no_grad():
         best = model(greedy).argmax(1)
@@ -215,12 +216,12 @@ def test_completion_keeps_prefix() -> None:
     # per-row mask; out-of-range codes where nothing is kept are ignored
     row_mask = torch.rand(3, 4, 5) < 0.5
     junk = torch.where(row_mask, prefix, torch.full_like(prefix, 999))
-    out = model.sample(3, prefix=junk, mask=row_mask, generator=torch.Generator().manual_seed(0))
+    out = sample(model, 3, prefix=junk, mask=row_mask, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out[row_mask], prefix[row_mask])
     assert int(out.max()) < model.num_codes
     # everything kept: the prefix comes back untouched
     full = torch.ones(4, 5, dtype=torch.bool)
-    assert torch.equal(model.sample(3, prefix=prefix, mask=full), prefix)
+    assert torch.equal(sample(model, 3, prefix=prefix, mask=full), prefix)
 
 
 def test_completion_errors() -> None:
@@ -228,13 +229,13 @@ def test_completion_errors() -> None:
     prefix = torch.zeros(2, 4, 5, dtype=torch.long)
     mask = torch.zeros(4, 5, dtype=torch.bool)
     with pytest.raises(ValueError, match="prefix and mask"):
-        model.sample(2, prefix=prefix)
+        sample(model, 2, prefix=prefix)
     with pytest.raises(ValueError, match="prefix must have shape"):
-        model.sample(2, prefix=prefix[:, :3], mask=mask)
+        sample(model, 2, prefix=prefix[:, :3], mask=mask)
     with pytest.raises(ValueError, match="mask must be bool"):
-        model.sample(2, prefix=prefix, mask=mask.long())
+        sample(model, 2, prefix=prefix, mask=mask.long())
     with pytest.raises(ValueError, match=r"prefix \(where mask is True\) must be in"):
-        model.sample(2, prefix=prefix + 50, mask=~mask)
+        sample(model, 2, prefix=prefix + 50, mask=~mask)
 
 
 # -------------------------------------------------------------------- class conditioning
@@ -276,17 +277,17 @@ def test_label_errors() -> None:
     with pytest.raises(ValueError, match="unconditional"):
         uncond(codes, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="unconditional"):
-        uncond.sample(2, labels=torch.tensor([0, 1]))
+        sample(uncond, 2, labels=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\]"):
         cond(codes, torch.tensor([0, 4]))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\]"):
         cond(codes, torch.tensor([-1, 0]))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 2\]"):
-        cond.sample(2, labels=torch.tensor([0, 3]))  # the null class is not a user class
+        sample(cond, 2, labels=torch.tensor([0, 3]))  # the null class is not a user class
     with pytest.raises(ValueError, match="shape"):
         cond(codes, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="guidance=2.0 needs labels"):
-        cond.sample(2, guidance=2.0)
+        sample(cond, 2, guidance=2.0)
 
 
 def test_code_errors() -> None:
@@ -366,11 +367,12 @@ def test_filter_temperature_divides_and_combines() -> None:
         ({"top_p": float("nan")}, "top_p=nan"),
     ],
 )
-def test_filter_rejects_bad_values(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        filter_logits(torch.zeros(2, 10), **kwargs)
+def test_sampling_rejects_bad_values(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         validate_sampling_args(10, **kwargs)
+    model = make_model(code_shape=(2, 2), num_codes=10)
+    with pytest.raises(ValueError, match=match):  # checked once per call, before any draw
+        sample(model, 2, **kwargs)
 
 
 @pytest.mark.parametrize("guidance", [-0.5, float("nan"), float("inf")])
@@ -379,7 +381,7 @@ def test_bad_guidance(guidance: float) -> None:
         validate_sampling_args(10, guidance=guidance)
     model = make_model(code_shape=(2, 2), num_classes=2)
     with pytest.raises(ValueError, match="guidance="):
-        model.sample(2, labels=torch.tensor([0, 1]), guidance=guidance)
+        sample(model, 2, labels=torch.tensor([0, 1]), guidance=guidance)
 
 
 def test_validate_accepts_good_values() -> None:

@@ -3,7 +3,6 @@ checkpoint round trip and the safe checkpoint reader; the package import directi
 
 from __future__ import annotations
 
-import ast
 import math
 import os
 import pickle
@@ -15,8 +14,6 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Subset
 
-import stage1_vqvae
-import stage2_prior
 from stage1_vqvae.data import VQDataModule, build_dataset
 from stage1_vqvae.lit import PRESETS, LitVQVAE, load_vqvae
 from stage1_vqvae.model import VQVAE
@@ -306,44 +303,3 @@ def test_a_copied_checkpoint_still_loads(tiny_vqvae_run: Path, tmp_path: Path):
     dst = tmp_path / "copy.ckpt"
     shutil.copy(tiny_vqvae_run / "last.ckpt", dst)
     assert load_vqvae(dst).num_codes == 32
-
-
-# --------------------------------------------------------------------------- import direction
-
-
-def _imported_modules(path: Path, package: str) -> set[str]:
-    """Top-level names of every module ``path`` imports (relative imports resolved)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: stays inside this package (level 1) or climbs out
-                found.add(package if node.level == 1 else "<outside>")
-            elif node.module:
-                found.add(node.module.split(".")[0])
-    return found
-
-
-@pytest.mark.parametrize(
-    "package, forbidden",
-    [(stage1_vqvae, {"stage2_prior", "pipeline"}), (stage2_prior, {"pipeline"})],
-    ids=["stage1_vqvae", "stage2_prior"],
-)
-def test_import_direction(package, forbidden):
-    root = Path(package.__file__).parent
-    files = sorted(root.rglob("*.py"))
-    assert files
-    bad = {}
-    for f in files:
-        hits = _imported_modules(f, package.__name__) & (forbidden | {"<outside>"})
-        if hits:
-            bad[str(f.relative_to(root))] = sorted(hits)
-    assert not bad, f"{package.__name__} must not import {sorted(forbidden)}: {bad}"
-
-
-def test_import_direction_checker_can_fail(tmp_path: Path):
-    f = tmp_path / "m.py"
-    f.write_text("import os\nfrom pipeline.cli import main\nfrom ..x import y\n")
-    assert _imported_modules(f, "stage1_vqvae") == {"os", "pipeline", "<outside>"}
