@@ -67,7 +67,7 @@ def main() -> None:
         encode_s = time.perf_counter() - t_enc
 
     # the held-out numbers come from the same function as `vqgen evaluate`'s report
-    from pipeline.evaluate import stage1_metrics
+    from pipeline.evaluation.stage1 import stage1_metrics
 
     val = stage1_metrics(lit, build_dataset("mnist5k", "val", channels=1, image_size=(28, 28)))
     mse = val["mse"]

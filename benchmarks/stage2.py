@@ -55,7 +55,7 @@ def main() -> None:
     maps_seen = int(ckpt["global_step"]) * int(prior.hparams.batch_size)
 
     # the baselines come from the same function as `vqgen evaluate`'s report
-    from pipeline.evaluate import prior_metrics
+    from pipeline.evaluation.stage2 import prior_metrics
 
     train = np.asarray(read_code_maps(out / "vqvae" / "codes" / "train").codes)
     val_maps = read_code_maps(out / "vqvae" / "codes" / "val")

@@ -72,7 +72,7 @@ def _last_logged(run: Path, key: str) -> float:
 def test_ddp_validation_metrics_cover_both_ranks(ddp_vqvae):
     """The logged held-out PSNR, usage and perplexity are those of the whole split (each
     rank validated half of it), as one process computes them from the final weights."""
-    from pipeline.evaluate import stage1_metrics
+    from pipeline.evaluation.stage1 import stage1_metrics
     from stage1_vqvae.data import build_dataset
 
     out = ddp_vqvae[0]
@@ -94,7 +94,7 @@ def test_ddp_stage_two_ranks_agree(ddp_vqvae, tmp_path: Path):
     prior = load_prior(out / "last.ckpt")
     assert prior.num_codes == load_vqvae(ddp_vqvae[0] / "last.ckpt").num_codes
     # the logged held-out NLL is over the whole split (250 maps on each rank)
-    from pipeline.evaluate import prior_nll
+    from pipeline.evaluation.stage2 import prior_nll
 
     val = read_code_maps(codes / "val")
     nll = prior_nll(prior, np.asarray(val.codes), torch.as_tensor(np.asarray(val.labels)))

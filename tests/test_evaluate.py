@@ -22,14 +22,11 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.commands.evaluate import add_evaluate
 from pipeline.defaults import DEMO_GUIDANCE, DEMO_TEMPERATURE, EXAMPLES
-from pipeline.evaluate import (
-    BOUND_FORMULA,
-    CLASSIFIER_CONFIG,
-    eval_datasets,
-    evaluate,
-    even_labels,
-    prior_metrics,
-)
+from pipeline.evaluate import evaluate
+from pipeline.evaluation.classifier import CLASSIFIER_CONFIG
+from pipeline.evaluation.data import eval_datasets
+from pipeline.evaluation.samples import even_labels
+from pipeline.evaluation.stage2 import BOUND_FORMULA, prior_metrics
 from pipeline.generate import MismatchError, load_pair
 from pipeline.report import plot_curves, read_training_logs
 from tests.conftest import TINY_NUM_CODES
