@@ -50,9 +50,11 @@ def run_eval(vqvae, prior, out: Path, cache: Path, data: str | None = None,
 
 @pytest.fixture(scope="module")
 def prior_ckpt(tiny_vqvae_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny class-conditional prior on the shared VQ-VAE's codes. Read-only."""
+    """A tiny class-conditional prior on the shared VQ-VAE's codes, trained one whole epoch
+    (~1 s) so that it beats the unigram baseline. Read-only."""
     out = tmp_path_factory.mktemp("eval_prior") / "run"
-    assert main(train_prior_argv(tiny_vqvae_run / "codes", out)) == 0
+    assert main(train_prior_argv(tiny_vqvae_run / "codes", out, "--limit-train-batches", "70",
+                                 "--lr", "0.01")) == 0
     return out / "last.ckpt"
 
 
@@ -109,7 +111,10 @@ def test_report_numbers_are_consistent(full_report: dict):
 
     b = s2["baselines"]
     assert b["uniform_bits_per_code"] == pytest.approx(math.log2(TINY_NUM_CODES))
-    assert s2["bits_per_code"] == pytest.approx(s2["nll_nats_per_code"] / math.log(2))
+    # a trained prior codes held-out maps in fewer bits than the unigram baseline, which in
+    # turn beats the uniform code (the shared VQ-VAE uses its codes unevenly)
+    assert s2["bits_per_code"] < 0.95 * b["unigram_heldout_cross_entropy_bits_per_code"]
+    assert b["unigram_heldout_cross_entropy_bits_per_code"] < 0.95 * b["uniform_bits_per_code"]
     assert s2["conditional"] is True
     grid = np.array(s2["per_position_bits"])
     assert grid.shape == (7, 7) and grid.mean() == pytest.approx(s2["bits_per_code"])
@@ -124,12 +129,21 @@ def test_report_numbers_are_consistent(full_report: dict):
     assert st["conditional_sampling"] == {"guidance": DEMO_GUIDANCE, "temperature": DEMO_TEMPERATURE}
     assert st["unconditional_sampling"]["guidance"] == 1.0 and st["num_samples"] == N
     refs = sm["references"]
-    assert 0 <= refs["classifier_heldout_accuracy"] <= 1 and refs["num_reference"] == N
-    assert refs["fd_real_vs_real"] >= 0 and refs["fd_blurred_vs_real"] >= 0
-    assert 0 <= sm["conditional"]["class_accuracy"] <= 1
-    assert sum(sm["conditional"]["predicted_class_counts"]) == N
-    assert 0 <= sm["unconditional"]["class_entropy_fraction_of_log_k"] <= 1 + 1e-9
-    assert sm["unconditional"]["fd"] >= 0 and sm["conditional"]["fd"] >= 0
+    # even one tiny epoch makes the classifier far better than chance (1/10)
+    assert refs["classifier_heldout_accuracy"] > 0.4 and refs["num_reference"] == N
+    # the references order as they must: real images are closer to real than blurred ones,
+    # and samples of a barely trained model are further still
+    assert 5 * refs["fd_real_vs_real"] < refs["fd_blurred_vs_real"]
+    for kind in ("conditional", "unconditional"):
+        assert sm[kind]["fd"] > 5 * refs["fd_real_vs_real"], kind
+    cond = sm["conditional"]
+    assert sum(cond["predicted_class_counts"]) == N
+    # labels are spread evenly, so the overall accuracy is the mean of the per-class ones
+    assert cond["class_accuracy"] == pytest.approx(np.mean(cond["per_class_accuracy"]))
+    counts = np.array(sm["unconditional"]["predicted_class_counts"], dtype=float)
+    p = counts[counts > 0] / counts.sum()
+    assert sm["unconditional"]["class_entropy_fraction_of_log_k"] == pytest.approx(
+        float(-(p * np.log(p)).sum()) / math.log(10), abs=1e-9)
     assert set(rep["timings_s"]) >= {"stage1", "stage2", "classifier_and_references", "samples",
                                     "total"}
     assert rep["notes"] == []  # nothing capped, labelled data, logs present
