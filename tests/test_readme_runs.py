@@ -1,0 +1,172 @@
+"""Every ``vqgen`` command in README.md runs, in README order, in-process
+(``pipeline.cli.main``) in a scratch working directory, and writes the outputs the README
+names. The verbs, flags and paths are the README's own; tiny settings are substituted
+where the real ones would take minutes (smaller models, one epoch, fewer samples, a
+one-epoch classifier): ``TINY`` lists each substitution.
+
+Only the commands of "Scaling out" are not run: they need 4 GPUs and a second node; they
+are parsed by ``test_readme.py`` and DDP itself is exercised in ``test_distributed.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.evaluate import CLASSIFIER_CONFIG
+from stage1_vqvae import lit as stage1_lit
+from stage2_prior import train as stage2_train
+from tests.conftest import TINY_MODEL_ARGS, TINY_TRAIN_ARGS
+from tests.test_cli_stage2 import TINY_PRESET, TINY_PRIOR
+from tests.test_evaluate import TINY_CLASSIFIER
+from tests.test_prior import TINY_PRIOR_ARGS
+from tests.test_readme import README_TEXT, vqgen_commands
+
+COMMANDS = vqgen_commands(README_TEXT)
+NEEDS_GPUS = [c for c in COMMANDS if "--accelerator gpu" in c]
+
+# appended to the README's argv per verb (argparse keeps the last value of a repeated flag)
+TINY: dict[str, tuple[str, ...]] = {
+    "demo": ("--vqvae-epochs", "1", "--prior-epochs", "1", "--per-class", "1",
+             "--accelerator", "cpu", "--device", "cpu"),
+    # K=64, not the shared fixture's 32: the README samples with --top-k 50
+    "train-vqvae": (*TINY_MODEL_ARGS, "--num-codes", "64", *TINY_TRAIN_ARGS, "--max-epochs", "1"),
+    "encode": ("--device", "cpu"),
+    "reconstruct": ("--device", "cpu"),
+    "decode": ("--device", "cpu"),
+    "train-prior": TINY_PRIOR_ARGS,
+    "sample": ("--device", "cpu"),
+    "evaluate": ("--num-samples", "40", "--device", "cpu"),
+}
+
+
+def _argv(command: str) -> list[str]:
+    words = shlex.split(command)
+    assert words[0] == "vqgen"
+    return [*words[1:], *TINY[words[1]]]
+
+
+def _option(command: str, flag: str) -> str:
+    words = shlex.split(command)
+    return words[words.index(flag) + 1]
+
+
+@pytest.fixture(scope="module")
+def readme_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[int, str]]]:
+    """Run the README's commands in order in one scratch folder (later ones read what
+    earlier ones wrote, as in the README) -> (folder, {command: (exit code, stdout)})."""
+    cwd = tmp_path_factory.mktemp("readme")
+    results: dict[str, tuple[int, str]] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        # the demo's models and the evaluation classifier at test size
+        mp.setitem(stage1_lit.PRESETS, "mnist", {**stage1_lit.PRESETS["mnist"], **TINY_PRESET})
+        for key, value in TINY_PRIOR.items():
+            mp.setitem(stage2_train.PRIOR_DEFAULTS, key, value)
+        for key, value in TINY_CLASSIFIER.items():
+            mp.setitem(CLASSIFIER_CONFIG, key, value)
+        for command in COMMANDS:
+            if command in NEEDS_GPUS:
+                continue
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                rc = main(_argv(command))
+            results[command] = (rc, buf.getvalue())
+            if rc != 0:
+                break  # later commands read this one's outputs
+    return cwd, results
+
+
+def test_only_the_multi_gpu_commands_are_left_out():
+    assert len(NEEDS_GPUS) == 3 and all("--devices 4" in c for c in NEEDS_GPUS)
+    assert {shlex.split(c)[1] for c in COMMANDS if c not in NEEDS_GPUS} == set(TINY)
+
+
+def _png(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
+def _csv_columns(run: Path) -> set[str]:
+    columns: set[str] = set()
+    for path in (run / "logs").rglob("metrics.csv"):
+        with open(path, newline="") as f:
+            columns |= set(next(csv.reader(f)))
+    return columns
+
+
+def _code_maps(folder: Path, count: int | None = None) -> None:
+    for name in ("codes.npy", "labels.npy", "meta.json"):
+        assert (folder / name).is_file(), folder / name
+    meta = json.loads((folder / "meta.json").read_text())
+    codes = np.load(folder / "codes.npy", mmap_mode="r")
+    assert codes.dtype == np.uint16 and codes.shape[1:] == tuple(meta["code_shape"])
+    assert count is None or codes.shape[0] == count
+
+
+def check_outputs(cwd: Path, command: str, stdout: str) -> None:
+    """The outputs the README names for this command."""
+    verb = shlex.split(command)[1]
+    if verb == "demo":
+        assert (cwd / "checkpoints/demo/samples/grid.png").is_file()
+        assert "checkpoints/demo/samples/grid.png" in stdout  # it prints where things went
+    elif verb == "train-vqvae":
+        run = cwd / _option(command, "--out")
+        assert (run / "last.ckpt").is_file() and (run / "best.ckpt").is_file()
+        assert list((run / "previews").glob("*.png")), "no reconstruction grid per epoch"
+        for split, count in (("train", 4500), ("val", 500)):
+            _code_maps(run / "codes" / split, count)
+        assert {"val/recon_loss", "val/psnr", "val/perplexity", "val/codebook_usage"} \
+            <= _csv_columns(run)
+    elif verb == "encode":
+        out = cwd / _option(command, "--out")
+        _code_maps(out / "train", 4500)
+        _code_maps(out / "val", 500)
+    elif verb == "reconstruct":
+        assert _png(cwd / _option(command, "--out"))[0] > 28
+    elif verb == "decode":
+        out = cwd / _option(command, "--out")
+        assert len(list(out.glob("[0-9]*.png"))) == 500 and (out / "grid.png").is_file()
+    elif verb == "train-prior":
+        run = cwd / _option(command, "--out")
+        assert (run / "last.ckpt").is_file()
+        assert {"val/nll", "val/bits_per_code"} <= _csv_columns(run)
+    elif verb == "sample":
+        out = cwd / _option(command, "--out")
+        codes = np.load(out / "codes.npy")
+        settings = json.loads((out / "samples.json").read_text())
+        num = 10 * 10 if "--per-class" in command else int(_option(command, "--num"))
+        assert codes.shape[0] == settings["count"] == num
+        assert len([p for p in out.glob("*.png") if p.name != "grid.png"]) == num
+        assert (out / "grid.png").is_file()
+        asked = "--class" in command or "--per-class" in command
+        assert (out / "labels.npy").is_file() == asked  # labels.npy when a class was asked for
+        if "--class" in command:
+            labels = np.load(out / "labels.npy")
+            assert set(labels.tolist()) == {int(_option(command, "--class"))}
+    elif verb == "evaluate":
+        out = cwd / _option(command, "--out")
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert {"stage1", "stage2", "samples"} <= set(metrics)
+        page = (out / "index.html").read_text()
+        assert '<img src="' in page and list(out.glob("*.png"))
+    else:  # a verb added to the README without a check here
+        raise AssertionError(f"no output check for README command {command!r}")
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c not in NEEDS_GPUS])
+def test_readme_command_runs_and_writes_what_the_readme_names(readme_runs, command: str):
+    cwd, results = readme_runs
+    assert command in results, f"not reached: an earlier README command failed ({results})"
+    rc, stdout = results[command]
+    assert rc == 0, f"{command} exited {rc}:\n{stdout[-2000:]}"
+    check_outputs(cwd, command, stdout)
