@@ -13,17 +13,13 @@ import time
 from pathlib import Path
 
 from pipeline.defaults import DEMO_GUIDANCE, DEMO_PRIOR_EPOCHS, DEMO_TEMPERATURE, DEMO_VQVAE_EPOCHS
+from pipeline.formatting import format_number
 from stage1_vqvae.runtime.fsutil import atomic_file
 
 
 def _done(folder: Path) -> dict | None:
     marker = folder / "done.json"
     return json.loads(marker.read_text()) if marker.is_file() else None
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    """A metric for the progress lines; None when a resumed stage had nothing left to train."""
-    return "n/a" if value is None else format(value, spec)
 
 
 def _mark_done(folder: Path, info: dict) -> None:
@@ -64,8 +60,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Path]:
         info = {k: res.metrics.get(k) for k in ("val/psnr", "val/codebook_usage", "val/perplexity")}
         info["seconds"] = round(time.monotonic() - t1, 1)  # fit + code maps
         _mark_done(vq_dir, info)
-    print(f"      PSNR {_fmt(info.get('val/psnr'), '.2f')} dB, codebook usage "
-          f"{_fmt(info.get('val/codebook_usage'), '.1%')} ({time.monotonic() - t0:.0f}s)",
+    print(f"      PSNR {format_number(info.get('val/psnr'), '.2f')} dB, codebook usage "
+          f"{format_number(info.get('val/codebook_usage'), '.1%')} ({time.monotonic() - t0:.0f}s)",
           flush=True)
 
     if (pinfo := _done(prior_dir)) is not None:
@@ -85,7 +81,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Path]:
         pinfo = {k: res.metrics.get(k) for k in ("val/nll", "val/bits_per_code")}
         pinfo["seconds"] = round(time.monotonic() - t1, 1)
         _mark_done(prior_dir, pinfo)
-    print(f"      held-out {_fmt(pinfo.get('val/bits_per_code'), '.3f')} bits per code "
+    print(f"      held-out {format_number(pinfo.get('val/bits_per_code'), '.3f')} bits per code "
           f"({time.monotonic() - t0:.0f}s)", flush=True)
 
     print(f"[3/3] sampling {args.per_class} per class into {samples_dir}", flush=True)

@@ -14,18 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# stage one logs the same numbers while training: one implementation, re-exported here
+from stage1_vqvae.metrics import entropy, histogram_probs, perplexity, psnr_from_mse  # noqa: F401
+
 LN2 = math.log(2.0)
 
 
 # ----------------------------------------------------------------------------- images
-
-
-def psnr_from_mse(mse: float, peak: float = 1.0) -> float:
-    """PSNR in dB of a mean squared error on images in [0, peak]: 10 log10(peak^2 / mse).
-
-    mse is floored at 1e-12 so identical images give a large finite number (120 dB).
-    """
-    return 10.0 * math.log10(peak * peak / max(float(mse), 1e-12))
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
@@ -87,38 +82,17 @@ def quantize_8bit(images: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- histograms
 
 
-def _probs(counts: Sequence[float] | np.ndarray | Tensor) -> np.ndarray:
-    c = np.asarray(counts.cpu() if isinstance(counts, Tensor) else counts, dtype=np.float64)
-    c = c.ravel()
-    if c.size == 0 or (c < 0).any() or c.sum() <= 0:
-        raise ValueError("need a non-empty histogram of non-negative counts with a positive total")
-    return c / c.sum()
-
-
-def entropy(counts: Sequence[float] | np.ndarray | Tensor, base: float = math.e) -> float:
-    """Entropy of a histogram (counts or probabilities, normalised here), in units of
-    log ``base`` (e: nats, 2: bits). Empty bins add nothing (0 log 0 = 0)."""
-    p = _probs(counts)
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum() / math.log(base))
-
-
 def cross_entropy(target_counts: Sequence[float] | np.ndarray | Tensor,
                   model_probs: Sequence[float] | np.ndarray | Tensor, base: float = math.e) -> float:
     """H(p, q) = -sum p log q: ``target_counts`` (histogram of what is coded, normalised here)
     coded with ``model_probs`` (same length, normalised here); in units of log ``base``.
     Infinite when q is 0 where p is not: smooth q first if that can happen."""
-    p, q = _probs(target_counts), _probs(model_probs)
+    p, q = histogram_probs(target_counts), histogram_probs(model_probs)
     if p.shape != q.shape:
         raise ValueError(f"histograms differ in length: {p.size} vs {q.size}")
     nz = p > 0
     with np.errstate(divide="ignore"):
         return float(-(p[nz] * np.log(q[nz])).sum() / math.log(base))
-
-
-def perplexity(counts: Sequence[float] | np.ndarray | Tensor) -> float:
-    """exp(entropy in nats): the number of equally used codes with the same entropy."""
-    return math.exp(entropy(counts))
 
 
 def usage(counts: Sequence[float] | np.ndarray | Tensor) -> float:

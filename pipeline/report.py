@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.formatting import format_number
+
 # (panel title, columns, log y) per run kind; columns a run lacks are left out
 CURVE_PANELS: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {
     "vqvae": [
@@ -156,14 +158,6 @@ def _e(x: Any) -> str:
     return html.escape(str(x))
 
 
-def _fmt(v: Any, spec: str = ".4g") -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return format(v, spec)
-    return str(v)
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = []
@@ -171,7 +165,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         cells = []
         for v in row:
             num = isinstance(v, (int, float)) or v is None
-            cells.append(f'<td class="num">{_e(_fmt(v))}</td>' if num else f"<td>{_e(v)}</td>")
+            cells.append(f'<td class="num">{_e(format_number(v))}</td>' if num else f"<td>{_e(v)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 

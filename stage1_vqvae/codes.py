@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -370,10 +369,3 @@ def load_codes_file(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]
         raise CodeMapError(f"{path} has {codes.dtype} {codes.shape}, expected integer (N, h, w)")
     return codes, None
 
-
-def iter_batches(maps: CodeMaps, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    for s in range(0, len(maps), batch_size):
-        yield (
-            np.asarray(maps.codes[s : s + batch_size]),
-            None if maps.labels is None else np.asarray(maps.labels[s : s + batch_size]),
-        )

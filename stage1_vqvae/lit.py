@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from .metrics import perplexity, psnr_from_mse
 from .model import VQVAE
 from .runtime.checkpoint import checkpoint_stamp, rebuild_module
 from .runtime.trainer import warmup_cosine
@@ -134,12 +135,10 @@ class LitVQVAE(pl.LightningModule):
             dist.all_reduce(counts)
             dist.all_reduce(stats)
         mse = float(stats[0] / stats[1].clamp(min=1))
-        probs = counts / counts.sum().clamp(min=1)
-        entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
         # sync_dist is off on purpose: the values are already identical on every rank
         self.log("val/recon_loss", mse)
-        self.log("val/psnr", 10 * math.log10(1.0 / max(mse, 1e-12)))
-        self.log("val/perplexity", float(entropy.exp()))
+        self.log("val/psnr", psnr_from_mse(mse))
+        self.log("val/perplexity", perplexity(counts) if bool(counts.any()) else 1.0)
         self.log("val/codebook_usage", float((counts > 0).sum()) / self.num_codes)
         if self._val_preview is not None and not self.trainer.sanity_checking:
             self._save_preview(self._val_preview)

@@ -40,6 +40,24 @@ def _num_down(downsample: int) -> int:
     return n
 
 
+def check_downsample(image_size: tuple[int, int], downsample: int) -> tuple[int, int]:
+    """Check that ``downsample`` is a power of two >= 2 dividing both sides of
+    ``image_size`` (H, W); return the code grid (H / downsample, W / downsample).
+
+    Raises ``UserError`` naming the factor and a size that would fit. Used by the model and
+    by the CLI (which checks before it touches data or the output folder).
+    """
+    h, w = image_size
+    _num_down(downsample)  # before it is used as a divisor
+    if h % downsample or w % downsample:
+        raise UserError(
+            f"image size {h}x{w} is not divisible by the down-sampling factor {downsample}; "
+            f"use --image-size a multiple of {downsample} (e.g. {h - h % downsample or downsample}) "
+            "or change --downsample"
+        )
+    return h // downsample, w // downsample
+
+
 class Encoder(nn.Module):
     def __init__(
         self, in_channels: int, hidden: int, res_hidden: int, num_res: int, code_dim: int,
@@ -111,12 +129,7 @@ class VQVAE(nn.Module):
     ) -> None:
         super().__init__()
         h, w = image_size
-        _num_down(downsample)  # a power of two >= 2, before it is used as a divisor
-        if h % downsample or w % downsample:
-            raise UserError(
-                f"image size {h}x{w} is not divisible by the down-sampling factor {downsample}; "
-                f"pick --image-size a multiple of {downsample} or another --downsample"
-            )
+        check_downsample((h, w), downsample)
         self.image_size = (h, w)
         self.in_channels = in_channels
         self.downsample = downsample

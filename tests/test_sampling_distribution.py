@@ -49,7 +49,7 @@ def spec_filter(logits: np.ndarray, temperature: float, top_k: int | None,
             p = np.exp(z[row, kept] - z[row, kept].max())
             p /= p.sum()
             mass_before = np.cumsum(p) - p
-            for c, before in zip(kept, mass_before):
+            for c, before in zip(kept, mass_before, strict=True):
                 if before >= top_p:
                     keep[row, c] = False
     z = np.where(keep, z, -np.inf)

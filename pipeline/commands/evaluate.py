@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.commands.common import UsageError, add_verb, check_new_dir, positive_int, resolve_device
 from pipeline.defaults import DEFAULT_NUM_SAMPLES, DEMO_GUIDANCE, DEMO_TEMPERATURE
+from pipeline.formatting import format_number
 
 HELP = ("Evaluate a VQ-VAE and its prior on held-out data: reconstruction, likelihoods against "
         "baselines, a bits/dim bound and sample quality; writes OUT/metrics.json and "
@@ -69,16 +70,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _f(v: float | None, spec: str) -> str:
-    return "n/a" if v is None else format(v, spec)
-
-
 def summary_table(report: dict) -> str:
     """A few lines: the headline numbers of a report, with baselines and references."""
     rows: list[tuple[str, str]] = []
     s1 = report["stage1"]
-    rows.append(("reconstruction", f"PSNR {_f(s1['psnr_db'], '.2f')} dB, SSIM {_f(s1['ssim'], '.3f')}, "
-                 f"MSE {_f(s1['mse'], '.5f')}"))
+    rows.append(("reconstruction", f"PSNR {format_number(s1['psnr_db'], '.2f')} dB, "
+                 f"SSIM {format_number(s1['ssim'], '.3f')}, MSE {format_number(s1['mse'], '.5f')}"))
     rows.append(("codebook", f"usage {s1['codebook_usage']:.1%} ({s1['codes_used']}/{s1['num_codes']}), "
                  f"perplexity {s1['perplexity']:.1f}"))
     s2 = report.get("stage2")
@@ -99,7 +96,7 @@ def summary_table(report: dict) -> str:
     cond, unc = sm.get("conditional"), sm.get("unconditional")
     if cond and cond.get("fd") is not None:
         rows.append(("conditional", f"FD {cond['fd']:.2f}, right class "
-                     f"{_f(cond.get('class_accuracy'), '.1%')} (N={cond['num']}, guidance "
+                     f"{format_number(cond.get('class_accuracy'), '.1%')} (N={cond['num']}, guidance "
                      f"{cond['guidance']:g})"))
     if unc and unc.get("fd") is not None:
         rows.append(("unconditional", f"FD {unc['fd']:.2f}, class entropy "

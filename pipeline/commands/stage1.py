@@ -56,6 +56,7 @@ def vqvae_config(args: argparse.Namespace) -> tuple[dict, dict, int]:
     """(model_args, data_args, max_epochs) from the preset plus explicit overrides."""
     from stage1_vqvae.data import parse_data_spec
     from stage1_vqvae.lit import DEFAULT_PRESET, PRESETS
+    from stage1_vqvae.model import check_downsample
 
     kind, _ = parse_data_spec(args.data)
     preset = dict(PRESETS[args.preset or DEFAULT_PRESET.get(kind, "mnist")])
@@ -67,13 +68,7 @@ def vqvae_config(args: argparse.Namespace) -> tuple[dict, dict, int]:
         preset["ema"] = False
     if args.no_kmeans_init:
         preset["kmeans_init"] = False
-    h, w = preset["image_size"]
-    f = preset["downsample"]
-    if h % f or w % f:
-        raise UsageError(
-            f"--image-size {h}x{w} is not divisible by the down-sampling factor {f}; "
-            f"use a multiple of {f} (e.g. {h - h % f or f}) or change --downsample"
-        )
+    check_downsample(tuple(preset["image_size"]), preset["downsample"])  # before any data
     data_args = dict(
         data=args.data, data_root=args.data_root, download=args.download,
         channels=preset.pop("channels"), image_size=tuple(preset.pop("image_size")),
@@ -209,10 +204,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         rows += [images[s : s + per_row], recon[s : s + per_row]]
     with atomic_file(out) as tmp:
         save_grid(torch.cat(rows).cpu(), tmp, nrow=per_row)
-    import math
+    from stage1_vqvae.metrics import psnr_from_mse
 
     print(f"{out}: {n} {args.split} images (odd rows original, even rows reconstruction); "
-          f"MSE {mse:.5f}, PSNR {10 * math.log10(1 / max(mse, 1e-12)):.2f} dB")
+          f"MSE {mse:.5f}, PSNR {psnr_from_mse(mse):.2f} dB")
     return 0
 
 
