@@ -77,7 +77,6 @@ class GatedPixelCNN(nn.Module):
             GatedBlock(hidden, kernel_size, first=(n == 0), last=(n == num_layers - 1))
             for n in range(num_layers)
         )
-        self._register_load_state_dict_pre_hook(self._drop_unused_weights)
         if num_classes > 0:
             # zero init: the label starts as a no-op and is learned, like the null class
             self.class_embed = nn.ModuleList(
@@ -158,12 +157,6 @@ class GatedPixelCNN(nn.Module):
             return idx
         u = torch.rand(idx.shape, generator=generator, device=idx.device)
         return torch.where(u < p, torch.full_like(idx, self.null_label), idx)
-
-    def _drop_unused_weights(self, state_dict: dict, prefix: str, *args) -> None:
-        # checkpoints of vqgen <= 0.1.0 carry the last layer's horizontal output conv, which
-        # never reached the logits: dropping it loads them unchanged
-        for name in ("weight", "bias"):
-            state_dict.pop(f"{prefix}blocks.{self.num_layers - 1}.h_out.{name}", None)
 
     def dependency_mask(self, i: int, j: int, code_shape: tuple[int, int] | None = None) -> Tensor:
         """Bool (h, w): positions whose codes the logits at (i, j) depend on (see layers)."""

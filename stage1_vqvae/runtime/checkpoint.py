@@ -4,6 +4,11 @@ Every load uses ``torch.load(..., weights_only=True)``: a checkpoint is data, ne
 Each vqgen checkpoint carries ``checkpoint["vqgen"] = {"kind", "version",
 "format_version"}`` so a prior given where a VQ-VAE belongs (or a random file) is named
 as such instead of failing deep inside ``load_state_dict``.
+
+Formats: 1 (vqgen 0.1.0) and 2 (now). A format-1 checkpoint is upgraded on reading by the
+steps in ``MIGRATIONS`` (each names what it changes); weights are then loaded strictly. A
+checkpoint whose weights a migration changed loads for sampling and evaluation but is not
+resumed: its optimizer state still describes the old parameters.
 """
 
 from __future__ import annotations
@@ -22,13 +27,58 @@ import torch
 from .errors import MissingInputError, UserError
 
 VQGEN_VERSION = "0.1.0"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 T = TypeVar("T", bound=torch.nn.Module)
 KIND_HINT = {"vqvae": "--vqvae", "prior": "--prior"}
 
 
 class CheckpointError(UserError):
     """A file that is not a usable vqgen checkpoint of the expected kind."""
+
+
+def _prior_drop_last_h_out(state_dict: dict[str, Any]) -> list[str]:
+    """Format 1 -> 2, priors: the last gated block's horizontal output conv never reached
+    the logits, and format 2 no longer has it. Removing it leaves the model's output
+    unchanged. Returns the keys removed."""
+    blocks = [int(m.group(1)) for k in state_dict
+              if (m := re.match(r"model\.blocks\.(\d+)\.", k))]
+    if not blocks:
+        return []
+    dead = [f"model.blocks.{max(blocks)}.h_out.{name}" for name in ("weight", "bias")]
+    return [k for k in dead if state_dict.pop(k, None) is not None]
+
+
+# (kind, format) -> the step that upgrades a checkpoint of that format by one; a kind with
+# no entry for a format needs no change
+MIGRATIONS: dict[tuple[str, int], Any] = {("prior", 1): _prior_drop_last_h_out}
+
+
+def migrate_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Upgrade a stamped checkpoint dict of an older format to ``CHECKPOINT_FORMAT`` in place
+    (see ``MIGRATIONS``) and return it. When weights were changed, the stamp records
+    ``migrated_from`` (the original format) and ``migrated_keys``."""
+    stamp = ckpt["vqgen"]
+    start = int(stamp.get("format_version", 1))
+    changed: list[str] = []
+    for version in range(start, CHECKPOINT_FORMAT):
+        step = MIGRATIONS.get((stamp["kind"], version))
+        if step is not None:
+            changed += step(ckpt["state_dict"])
+    if start < CHECKPOINT_FORMAT:
+        stamp["format_version"] = CHECKPOINT_FORMAT
+        if changed:
+            stamp["migrated_from"], stamp["migrated_keys"] = start, changed
+    return ckpt
+
+
+def check_resumable(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse to resume training from a checkpoint whose weights a migration changed."""
+    stamp = ckpt.get("vqgen") or {}
+    if "migrated_from" in stamp:
+        raise CheckpointError(
+            f"{path} was written by an older vqgen (checkpoint format {stamp['migrated_from']}); "
+            "it loads for sampling and evaluation but cannot be resumed; start a new run"
+        )
 
 
 def checkpoint_stamp(kind: str) -> dict[str, Any]:
@@ -86,7 +136,7 @@ def read_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:
             f"{path} is a {stamp['kind']} checkpoint, expected a {kind} checkpoint; "
             f"pass it as {other}"
         )
-    return ckpt
+    return migrate_checkpoint(ckpt)
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:

@@ -16,6 +16,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from .checkpoint import check_resumable, migrate_checkpoint
 from .errors import UserError
 from .fsutil import atomic_file
 from .progress import PlainProgress, is_tty
@@ -124,6 +125,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     move is a copy, and a kill during it leaves a truncated ``last.ckpt``. A rename within
     one folder is atomic: a killed run keeps its previous checkpoint whole.
     """
+
+    def load_checkpoint(self, path, *args, **kwargs) -> dict:
+        """Lightning's own read (resume): old formats are upgraded as :func:`read_checkpoint`
+        does, and one whose weights a migration changed is refused (its optimizer state does
+        not fit)."""
+        ckpt = super().load_checkpoint(path, *args, **kwargs)
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("vqgen"), dict):
+            check_resumable(migrate_checkpoint(ckpt), path)
+        return ckpt
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if "://" in str(path):  # remote storage: Lightning's fsspec path
