@@ -91,23 +91,26 @@ class IncrementalState:
         # batch 1 runs matrix-vector products (addmv) on 1-D views: with the weights in L3
         # rather than L2, MKL's gemm with one row is ~2x slower than its gemv
         self.vec = vec = batch == 1
-        self.v_w, self.v_b, self.vh_w, self.h_w, self.o_w, self.o_b = [], [], [], [], [], []
+        # per layer, named after the GatedBlock module each comes from
+        self.v_conv_w, self.v_conv_b, self.v_to_h_w = [], [], []
+        self.h_conv_w, self.h_out_w, self.h_out_b = [], [], []
         self.cond: list[Tensor | None] = []
         self.v_part_bias: list[Tensor] = []
         for n, block in enumerate(model.blocks):
             # (2H, H, s+1, k) viewed as (H*(s+1)*k, 2H): rows ordered (channel, row, column)
-            self.v_w.append(block.v_conv.conv.weight.reshape(2 * hid, -1).t())
-            self.v_b.append(block.v_conv.conv.bias)
-            self.vh_w.append(block.v_to_h.weight[:, :, 0, 0].t())  # (2H in, 2H out)
+            self.v_conv_w.append(block.v_conv.conv.weight.reshape(2 * hid, -1).t())
+            self.v_conv_b.append(block.v_conv.conv.bias)
+            self.v_to_h_w.append(block.v_to_h.weight[:, :, 0, 0].t())  # (2H in, 2H out)
             # (2H, H, 1, s+1) -> (2H, (s+1)*H) contiguous, columns ordered (column offset,
             # channel) to match a flattened (s+1, H) window of a channels-last buffer.
             # Per-position matrices are kept (out, in) contiguous: addmv takes them as they
             # are, addmm their transpose (also the faster layout for gemm with few rows)
             hw = block.h_conv.conv.weight[:, :, 0, :].permute(0, 2, 1)
-            self.h_w.append(_per_position(hw.reshape(2 * hid, (s + 1) * hid), vec))
+            self.h_conv_w.append(_per_position(hw.reshape(2 * hid, (s + 1) * hid), vec))
             last = block.h_out is None  # the last layer has no horizontal output
-            self.o_w.append(None if last else _per_position(block.h_out.weight[:, :, 0, 0], vec))
-            self.o_b.append(None if last else block.h_out.bias)
+            self.h_out_w.append(
+                None if last else _per_position(block.h_out.weight[:, :, 0, 0], vec))
+            self.h_out_b.append(None if last else block.h_out.bias)
             cond = None
             if labels is not None:
                 cond = model.class_embed[n](labels)  # (B, 2H)
@@ -170,8 +173,8 @@ class IncrementalState:
             self.v_win[n] = win
             # im2col: (B, s+1, w, H, k) view -> (B*w, H*(s+1)*k) in the weight's order
             cols = win.unfold(2, k, 1).permute(0, 2, 3, 1, 4).reshape(bsz * w, -1)
-            v_feat = torch.addmm(self.v_b[n], cols, self.v_w[n]).view(bsz, w, 2 * hid)
-            part = torch.matmul(v_feat, self.vh_w[n])  # (B, w, 2H)
+            v_feat = torch.addmm(self.v_conv_b[n], cols, self.v_conv_w[n]).view(bsz, w, 2 * hid)
+            part = torch.matmul(v_feat, self.v_to_h_w[n])  # (B, w, 2H)
             bias = self.v_part_bias[n]
             part = part + (bias if bias.dim() == 1 else bias[:, None, :])
             self.v_part.append(part[0].unbind(0) if self.vec else part.unbind(1))
@@ -186,26 +189,26 @@ class IncrementalState:
         """Run the horizontal stack of every layer at column j of the current row (columns
         < j done, the codes before j set); fills the gated outputs used by ``logits``."""
         pre, pre_a, pre_b = self.pre, self.pre_a, self.pre_b
-        v_part, h_win, h_w, h_col = self.v_part, self.h_win, self.h_w, self.h_col
-        o_w, o_b, gated_part = self.o_w, self.o_b, self.gated_part
+        v_part, h_win, h_conv_w, h_col = self.v_part, self.h_win, self.h_conv_w, self.h_col
+        h_out_w, h_out_b, gated_part = self.h_out_w, self.h_out_b, self.gated_part
         last = self.num_layers - 1
         if self.vec:
             for n in range(self.num_layers):
-                torch.addmv(v_part[n][j], h_w[n], h_win[n][j], out=pre)  # (2H,)
+                torch.addmv(v_part[n][j], h_conv_w[n], h_win[n][j], out=pre)  # (2H,)
                 g = gated_part[n]
                 torch.mul(torch.tanh(pre_a), torch.sigmoid(pre_b), out=g)
                 if n < last:
                     # layer n's output at j is layer n+1's input there: written in place
-                    out = torch.addmv(o_b[n], o_w[n], g, out=h_col[n + 1][j])
+                    out = torch.addmv(h_out_b[n], h_out_w[n], g, out=h_col[n + 1][j])
                     if n > 0:
                         out.add_(h_col[n][j])  # residual
             return
         for n in range(self.num_layers):
-            torch.addmm(v_part[n][j], h_win[n][j], h_w[n], out=pre)  # (B, 2H)
+            torch.addmm(v_part[n][j], h_win[n][j], h_conv_w[n], out=pre)  # (B, 2H)
             g = gated_part[n]
             torch.mul(torch.tanh(pre_a), torch.sigmoid(pre_b), out=g)
             if n < last:
-                out = torch.addmm(o_b[n], g, o_w[n], out=h_col[n + 1][j])
+                out = torch.addmm(h_out_b[n], g, h_out_w[n], out=h_col[n + 1][j])
                 if n > 0:
                     out.add_(h_col[n][j])
 
@@ -233,8 +236,8 @@ def incremental_logits(model: GatedPixelCNN, codes: Tensor, labels: Tensor | Non
     rounding. labels as in ``forward`` ([0, num_classes], None = null class)."""
     codes = model.check_codes(codes)
     b, h, w = codes.shape
-    idx = model.label_index(labels, b, allow_null=True)
-    state = IncrementalState(model, idx, b, w)
+    label_ids = model.label_index(labels, b, allow_null=True)
+    state = IncrementalState(model, label_ids, b, w)
     out = torch.empty(b, model.num_codes, h, w, dtype=model.embed.weight.dtype,
                       device=codes.device)
     for i in range(h):

@@ -21,10 +21,11 @@ row above, the two stacks together have no blind spot. Receptive field of the lo
 - row i: columns j-R-1 .. j-1;
 - rows i-1-R .. i-1: columns j-R .. j+R.
 
-For a later incremental (cached) sampler: the vertical features of row r depend only on
-rows <= r (per layer, on the s rows above plus the current one of that layer's input),
-and the horizontal features of (r, c) only on the vertical features of row r-1 and on
-columns <= c of row r (per layer, on the s columns to the left plus the current one).
+What the incremental sampler (``stage2_prior.cached``) relies on: the vertical features of
+row r depend only on rows <= r (per layer, on the s rows above plus the current one of
+that layer's input), and the horizontal features of (r, c) only on the vertical features
+of row r-1 and on columns <= c of row r (per layer, on the s columns to the left plus the
+current one).
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ class GatedPixelCNN(nn.Module):
     (head_hidden) -> ReLU -> 1x1 conv (num_codes). The last conv starts at zero, so an
     untrained model predicts the uniform distribution (NLL = log num_codes).
 
-    ``code_shape`` is recorded for ``sample`` and checkpoints; ``forward`` accepts any grid.
+    ``code_shape`` is recorded for sampling (``stage2_prior.sampling.sample(model, ...)``)
+    and checkpoints; ``forward`` accepts any grid.
     Receptive field of the logits at (i, j), with R = num_layers * (kernel_size // 2):
     row i columns j-R-1..j-1 and rows i-1-R..i-1 columns j-R..j+R (``dependency_mask``).
     """
@@ -152,11 +153,11 @@ class GatedPixelCNN(nn.Module):
             raise UserError(f"p={p!r} must be a number in [0, 1]")
         if not isinstance(labels, Tensor) or labels.dim() != 1:
             raise UserError(f"labels must be a 1-D integer tensor (B,), got {labels!r:.60}")
-        idx = self.label_index(labels, labels.shape[0], allow_null=False)
+        label_ids = self.label_index(labels, labels.shape[0], allow_null=False)
         if p == 0:
-            return idx
-        u = torch.rand(idx.shape, generator=generator, device=idx.device)
-        return torch.where(u < p, torch.full_like(idx, self.null_label), idx)
+            return label_ids
+        u = torch.rand(label_ids.shape, generator=generator, device=label_ids.device)
+        return torch.where(u < p, torch.full_like(label_ids, self.null_label), label_ids)
 
     def dependency_mask(self, i: int, j: int, code_shape: tuple[int, int] | None = None) -> Tensor:
         """Bool (h, w): positions whose codes the logits at (i, j) depend on (see layers)."""
@@ -172,14 +173,14 @@ class GatedPixelCNN(nn.Module):
         logits[:, :, i, j] depends only on codes strictly before (i, j) in raster order.
         """
         codes = self.check_codes(codes)
-        idx = self.label_index(labels, codes.shape[0], allow_null=True)
+        label_ids = self.label_index(labels, codes.shape[0], allow_null=True)
         x = self.embed(codes).permute(0, 3, 1, 2).contiguous()  # (B, hidden, h, w)
         v, h = x, x
         skips = None
         for n, block in enumerate(self.blocks):
             cond = None
-            if idx is not None:
-                cond = self.class_embed[n](idx)[:, :, None, None]  # (B, 2*hidden, 1, 1)
+            if label_ids is not None:
+                cond = self.class_embed[n](label_ids)[:, :, None, None]  # (B, 2*hidden, 1, 1)
             v, h, skip = block(v, h, cond)
             skips = skip if skips is None else skips + skip
         return self.head(skips)

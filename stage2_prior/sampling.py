@@ -115,19 +115,19 @@ def prepare_sampling(
     guidance: float = 1.0,
     generator: torch.Generator | None = None,
     prefix: Tensor | None = None,
-    mask: Tensor | None = None,
+    known: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor, Tensor]:
     """Check every sampling argument once (``UserError`` on bad input) ->
-    (label index int64 (num,) or None, codes int64 (num, h, w), known bool (num, h, w)),
+    (label ids int64 (num,) or None, codes int64 (num, h, w), known bool (num, h, w)),
     all on the model's device. Shared by both samplers, so they refuse the same input.
 
-    ``prefix`` int (num, h, w) with ``mask`` bool (h, w) or (num, h, w): where mask is True
-    the prefix code is known (kept, never drawn).
+    ``prefix`` int (num, h, w) with ``known`` bool (h, w) or (num, h, w): where known is
+    True the prefix code is kept, never drawn.
     """
     validate_sampling_args(model.num_codes, temperature, top_k, top_p, guidance)
     if not _is_int(num) or num < 1:
         raise UserError(f"num={num!r} must be an int >= 1")
-    idx = model.label_index(labels, num, allow_null=False)
+    label_ids = model.label_index(labels, num, allow_null=False)
     if labels is None and guidance != 1:
         raise UserError(f"guidance={guidance} needs labels (classifier-free guidance "
                         "mixes conditional and unconditional logits); pass labels")
@@ -136,32 +136,34 @@ def prepare_sampling(
         raise UserError(f"generator is on {generator.device} but the model is on "
                         f"{device}; make the generator on the model's device")
     h, w = model.code_shape
-    if prefix is None and mask is None:
-        return (idx, torch.zeros(num, h, w, dtype=torch.long, device=device),
+    if prefix is None and known is None:
+        return (label_ids, torch.zeros(num, h, w, dtype=torch.long, device=device),
                 torch.zeros(num, h, w, dtype=torch.bool, device=device))
-    if prefix is None or mask is None:
-        raise UserError("prefix and mask go together: prefix (num, h, w) gives the codes, "
-                        "mask (h, w) or (num, h, w) bool says which are known")
+    if prefix is None or known is None:
+        raise UserError("prefix and known go together: prefix (num, h, w) gives the codes, "
+                        "known (h, w) or (num, h, w) bool says which are kept")
     if tuple(prefix.shape) != (num, h, w):
         raise UserError(f"prefix must have shape ({num}, {h}, {w}) (num, *code_shape), "
                         f"got {tuple(prefix.shape)}")
-    if mask.dtype != torch.bool or tuple(mask.shape) not in ((h, w), (num, h, w)):
-        raise UserError(f"mask must be bool ({h}, {w}) or ({num}, {h}, {w}), "
-                        f"got {mask.dtype} {tuple(mask.shape)}")
-    known = mask.to(device).expand(num, h, w)
+    if known.dtype != torch.bool or tuple(known.shape) not in ((h, w), (num, h, w)):
+        raise UserError(f"known must be bool ({h}, {w}) or ({num}, {h}, {w}), "
+                        f"got {known.dtype} {tuple(known.shape)}")
+    known = known.to(device).expand(num, h, w)
     # only known positions must be valid codes; the rest are overwritten
     codes = torch.where(known, prefix.to(device), torch.zeros((), dtype=prefix.dtype,
                                                               device=device))
-    codes = model.check_codes(codes, "prefix (where mask is True)")
-    return idx, codes.clone(), known.clone()
+    codes = model.check_codes(codes, "prefix (where known is True)")
+    return label_ids, codes.clone(), known.clone()
 
 
-def _network_labels(model: GatedPixelCNN, idx: Tensor | None, guided: bool) -> Tensor | None:
-    """Labels the network runs on: idx, or [idx; null] for classifier-free guidance."""
+def _network_labels(model: GatedPixelCNN, label_ids: Tensor | None, guided: bool
+                    ) -> Tensor | None:
+    """Labels the network runs on: label_ids, or [label_ids; null] for classifier-free
+    guidance (conditional rows first, then their unconditional twins)."""
     if not guided:
-        return idx
-    assert idx is not None
-    return torch.cat([idx, torch.full_like(idx, model.null_label)])
+        return label_ids
+    assert label_ids is not None
+    return torch.cat([label_ids, torch.full_like(label_ids, model.null_label)])
 
 
 @torch.no_grad()
@@ -169,7 +171,7 @@ def sample_prepared(
     model: GatedPixelCNN,
     codes: Tensor,
     known: Tensor,
-    idx: Tensor | None,
+    label_ids: Tensor | None,
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -183,17 +185,18 @@ def sample_prepared(
     :func:`prepare_sampling` (already checked). Returns ``codes`` (filled in place).
 
     A position known in every row is skipped without a draw; otherwise every row draws (so
-    the generator advances the same way whatever the mask) and known rows discard it.
+    the generator advances the same way whatever is known) and known rows discard it.
     ``on_logits(i, j, logits)`` sees the guided logits (num, K) before filtering at every
     drawn position.
     """
     num, h, w = codes.shape
-    guided = idx is not None and guidance != 1
-    net_labels = _network_labels(model, idx, guided)
+    guided = label_ids is not None and guidance != 1
+    net_labels = _network_labels(model, label_ids, guided)
     # positions drawn (not known in every row), decided up front: no per-position sync
     drawn = (~known.all(dim=0)).tolist()  # (h, w) nested lists of bool
 
-    def net(x: Tensor) -> Tensor:  # codes (num, ...) as the network's batch sees them
+    def net_batch(x: Tensor) -> Tensor:
+        """Codes (num, ...) as the network's batch holds them: twice when guided."""
         return torch.cat([x, x]) if guided else x
 
     def emit(i: int, j: int, logits: Tensor) -> None:
@@ -208,14 +211,14 @@ def sample_prepared(
         for i in range(h):
             for j in range(w):
                 if drawn[i][j]:
-                    emit(i, j, model(net(codes), net_labels)[:, :, i, j])
+                    emit(i, j, model(net_batch(codes), net_labels)[:, :, i, j])
         return codes
     rows = [i for i in range(h) if any(drawn[i])]
     if not rows:
         return codes
     state = IncrementalState(model, net_labels, 2 * num if guided else num, w)
     for i in range(rows[-1] + 1):
-        state.begin_row(i, net(codes[:, i - 1]) if i else None)
+        state.begin_row(i, net_batch(codes[:, i - 1]) if i else None)
         if not any(drawn[i]):
             continue  # nothing drawn in this row: its horizontal stack feeds nothing
         last_j = max(j for j in range(w) if drawn[i][j])
@@ -224,7 +227,7 @@ def sample_prepared(
             if drawn[i][j]:
                 emit(i, j, state.logits())
             if j < last_j:
-                state.set_code(j, net(codes[:, i, j]))
+                state.set_code(j, net_batch(codes[:, i, j]))
     return codes
 
 
@@ -240,7 +243,7 @@ def sample(
     guidance: float = 1.0,
     generator: torch.Generator | None = None,
     prefix: Tensor | None = None,
-    mask: Tensor | None = None,
+    known: Tensor | None = None,
     sampler: str = "cached",
     on_logits: LogitsHook | None = None,
 ) -> Tensor:
@@ -250,13 +253,13 @@ def sample(
     labels int (num,) in [0, num_classes) or None (unconditional: the null class).
     guidance != 1 needs labels. ``generator`` must live on the model's device; the same
     seed gives the same grids, with either sampler. Completion: ``prefix`` int (num, h, w)
-    with ``mask`` bool (h, w) or (num, h, w); where mask is True the prefix code is kept.
+    with ``known`` bool (h, w) or (num, h, w); where known is True the prefix code is kept.
     ``on_logits(i, j, logits)`` sees the guided logits (num, K) before filtering.
     """
     if sampler not in SAMPLERS:
         raise UserError(f"sampler={sampler!r} must be one of {', '.join(SAMPLERS)}")
-    idx, codes, known = prepare_sampling(model, num, labels, temperature, top_k, top_p,
-                                         guidance, generator, prefix, mask)
-    return sample_prepared(model, codes, known, idx, temperature=temperature, top_k=top_k,
+    label_ids, codes, known = prepare_sampling(model, num, labels, temperature, top_k, top_p,
+                                               guidance, generator, prefix, known)
+    return sample_prepared(model, codes, known, label_ids, temperature=temperature, top_k=top_k,
                            top_p=top_p, guidance=guidance, generator=generator,
                            on_logits=on_logits, sampler=sampler)

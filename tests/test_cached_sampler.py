@@ -117,7 +117,7 @@ def test_same_grids_batch_of_one(num_classes, labels) -> None:
         assert_same(model, 1, labels=labels, guidance=2.0, seed=2)
     prefix = torch.randint(0, model.num_codes, (1, 5, 6))
     mask = torch.rand(5, 6) < 0.4
-    assert_same(model, 1, labels=labels, prefix=prefix, mask=mask, seed=2)
+    assert_same(model, 1, labels=labels, prefix=prefix, known=mask, seed=2)
 
 
 @pytest.mark.parametrize("shape,num_layers", [((5, 5), 2), ((3, 6), 3), ((6, 3), 1)])
@@ -162,15 +162,15 @@ def test_same_completion() -> None:
     mask[:2] = True  # the top rows: no horizontal stack needed there
     mask[3, 1:3] = True
     mask[5, 2:] = True  # the end of the last row: never computed
-    out = assert_same(model, 3, labels=labels, prefix=prefix, mask=mask, guidance=1.5)
+    out = assert_same(model, 3, labels=labels, prefix=prefix, known=mask, guidance=1.5)
     assert torch.equal(out[:, mask], prefix[:, mask])
     row_mask = torch.rand(3, 6, 5) < 0.5
     row_mask[:, 0] = True
     junk = torch.where(row_mask, prefix, torch.full_like(prefix, 999))
-    out = assert_same(model, 3, labels=labels, prefix=junk, mask=row_mask, top_k=4)
+    out = assert_same(model, 3, labels=labels, prefix=junk, known=row_mask, top_k=4)
     assert torch.equal(out[row_mask], prefix[row_mask])
     full = torch.ones(6, 5, dtype=torch.bool)
-    assert torch.equal(sample(model, 3, prefix=prefix, mask=full), prefix)
+    assert torch.equal(sample(model, 3, prefix=prefix, known=full), prefix)
 
 
 def test_greedy_cached_samples_are_argmax_of_forward() -> None:
@@ -217,7 +217,7 @@ def test_no_state_between_calls() -> None:
     first = draw()
     sample(model, 2, labels=torch.tensor([2, 2]), top_k=2)  # a different call in between
     torch.manual_seed(0)
-    sample(model, 7, prefix=first.repeat(2, 1, 1)[:7], mask=torch.rand(5, 5) < 0.3)
+    sample(model, 7, prefix=first.repeat(2, 1, 1)[:7], known=torch.rand(5, 5) < 0.3)
     assert torch.equal(draw(), first)
     assert set(vars(model)) == attrs
     after = model.state_dict()

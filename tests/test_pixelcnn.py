@@ -205,10 +205,10 @@ def test_completion_keeps_prefix() -> None:
     torch.manual_seed(5)
     prefix = torch.randint(0, model.num_codes, (3, 4, 5))
     mask = torch.rand(4, 5) < 0.5
-    out = sample(model, 3, prefix=prefix, mask=mask, generator=torch.Generator().manual_seed(0))
+    out = sample(model, 3, prefix=prefix, known=mask, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out[:, mask], prefix[:, mask])
     # greedy completion: every drawn position is the argmax given the kept codes
-    greedy = sample(model, 3, prefix=prefix, mask=mask, top_k=1)
+    greedy = sample(model, 3, prefix=prefix, known=mask, top_k=1)
     assert torch.equal(greedy[:, mask], prefix[:, mask])
     with torch.no_grad():
         best = model(greedy).argmax(1)
@@ -216,26 +216,26 @@ def test_completion_keeps_prefix() -> None:
     # per-row mask; out-of-range codes where nothing is kept are ignored
     row_mask = torch.rand(3, 4, 5) < 0.5
     junk = torch.where(row_mask, prefix, torch.full_like(prefix, 999))
-    out = sample(model, 3, prefix=junk, mask=row_mask, generator=torch.Generator().manual_seed(0))
+    out = sample(model, 3, prefix=junk, known=row_mask, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out[row_mask], prefix[row_mask])
     assert int(out.max()) < model.num_codes
     # everything kept: the prefix comes back untouched
     full = torch.ones(4, 5, dtype=torch.bool)
-    assert torch.equal(sample(model, 3, prefix=prefix, mask=full), prefix)
+    assert torch.equal(sample(model, 3, prefix=prefix, known=full), prefix)
 
 
 def test_completion_errors() -> None:
     model = make_model(code_shape=(4, 5))
     prefix = torch.zeros(2, 4, 5, dtype=torch.long)
     mask = torch.zeros(4, 5, dtype=torch.bool)
-    with pytest.raises(ValueError, match="prefix and mask"):
+    with pytest.raises(ValueError, match="prefix and known"):
         sample(model, 2, prefix=prefix)
     with pytest.raises(ValueError, match="prefix must have shape"):
-        sample(model, 2, prefix=prefix[:, :3], mask=mask)
-    with pytest.raises(ValueError, match="mask must be bool"):
-        sample(model, 2, prefix=prefix, mask=mask.long())
-    with pytest.raises(ValueError, match=r"prefix \(where mask is True\) must be in"):
-        sample(model, 2, prefix=prefix + 50, mask=~mask)
+        sample(model, 2, prefix=prefix[:, :3], known=mask)
+    with pytest.raises(ValueError, match="known must be bool"):
+        sample(model, 2, prefix=prefix, known=mask.long())
+    with pytest.raises(ValueError, match=r"prefix \(where known is True\) must be in"):
+        sample(model, 2, prefix=prefix + 50, known=~mask)
 
 
 # -------------------------------------------------------------------- class conditioning
