@@ -505,3 +505,19 @@ def relative_names(paths: Sequence[Path], root: Path | None) -> list[str]:
     if root is None:
         return [Path(p).name for p in paths]
     return [Path(os.path.relpath(p, root)).as_posix() for p in paths]
+
+
+def output_names(names: Sequence[str]) -> list[str]:
+    """PNG file names for decoded images: each name with its suffix made ``.png``; when
+    that makes two names equal (a.jpg, a.png), every name keeps its suffix plus ``.png``.
+    Refuses names that would leave the output folder."""
+    for n in names:
+        parts = Path(n).parts
+        if Path(n).is_absolute() or ".." in parts or not parts:
+            raise VqzError(f"image name {n!r} would be written outside the output folder; "
+                           "the file was not written by `vqgen compress`")
+    out = [Path(n).with_suffix(".png").as_posix() if Path(n).suffix else f"{n}.png"
+           for n in names]
+    if len(set(out)) < len(out):
+        out = [f"{n}.png" for n in names]
+    return out
