@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,8 +318,8 @@ def open_vqz(data: bytes, where: str = "the file") -> tuple[Header, list[Record]
 
 
 @torch.inference_mode()
-def decode_codes(data: bytes, prior: LitPrior, vqvae: LitVQVAE, where: str = "the file",
-                 progress: Callable[[int], None] | None = None) -> Decoded:
+def decode_codes(data: bytes, prior: LitPrior, vqvae: LitVQVAE, where: str = "the file"
+                 ) -> Decoded:
     """The code grids (and coded labels) of a .vqz, checked against the checkpoints."""
     header, records = open_vqz(data, where)
     check_checkpoints(header, prior, vqvae, where)
@@ -375,9 +375,7 @@ def decode_codes(data: bytes, prior: LitPrior, vqvae: LitVQVAE, where: str = "th
             codes[batch.start:batch.stop] = scan_codes(model, idx, n, (h, w), pick).cpu()
         except (ValueError, RuntimeError) as e:
             raise _mismatch(header, batch, where, e) from None
-        if progress is not None:
-            progress(n)
-    for r, c in zip(records, coders):
+    for r, c in zip(records, coders, strict=True):
         if not c.is_empty():
             raise _mismatch(header, r.images, where, None)
     return Decoded(header, codes, labels, records)

@@ -108,7 +108,7 @@ def _input_set(args: argparse.Namespace, prior, vqvae):
 def _common_parts(files: list[Path]) -> tuple[str, ...]:
     parts = [f.parent.parts for f in files]
     common = []
-    for level in zip(*parts):
+    for level in zip(*parts, strict=False):
         if len(set(level)) > 1:
             break
         common.append(level[0])
@@ -210,7 +210,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     dec = decode_codes(data, prior, vqvae, str(src))
     images = decode_images(vqvae, dec.codes, header.batch_size)
     with atomic_dir(out) as tmp:
-        for name, img in zip(pngs, images):
+        for name, img in zip(pngs, images, strict=True):
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             save_png(img, tmp / name)
         dtype = np.uint16 if header.num_codes <= 65536 else np.int32
