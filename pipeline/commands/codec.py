@@ -62,7 +62,8 @@ def _input_set(args: argparse.Namespace, prior, vqvae):
     """(dataset, names, source) for the positional inputs or --data/--split."""
     import numpy as np
 
-    from stage1_vqvae.data import DataInfo, ImageDataset, _is_image_file, _scan_folder
+    from stage1_vqvae.data import DataInfo, ImageDataset
+    from stage1_vqvae.data.folders import _is_image_file, _scan_folder
 
     if args.inputs and args.data:
         raise UsageError("give input images (a folder or files) or --data, not both")
