@@ -29,4 +29,7 @@ EXAMPLES = {
     "demo": "vqgen demo --out checkpoints/demo",
     "evaluate": "vqgen evaluate --vqvae checkpoints/mnist/vqvae/last.ckpt "
     "--prior checkpoints/mnist/prior/last.ckpt --data mnist5k --out report/",
+    "compress": "vqgen compress --prior checkpoints/demo/prior/last.ckpt --data mnist5k "
+    "--split val --out val.vqz --report codec.json",
+    "decompress": "vqgen decompress val.vqz --out decoded/",
 }

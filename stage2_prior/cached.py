@@ -46,6 +46,8 @@ a correct sample from the same distribution, just not the naive sampler's one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -229,6 +231,30 @@ class IncrementalState:
 
 
 @torch.no_grad()
+def scan_codes(model: GatedPixelCNN, label_ids: Tensor | None, batch: int, code_shape: tuple[int, int],
+               pick: Callable[[int, int, Tensor], Tensor]) -> Tensor:
+    """Walk ``batch`` grids of ``code_shape`` (h, w) in raster order through the cached
+    machinery; at each position (i, j), ``pick(i, j, logits)`` gets the logits (B, K) given
+    the codes so far and returns that position's codes (B,) int64: the known ones
+    (teacher forcing, an entropy encoder) or new ones (an entropy decoder). Returns the
+    codes (B, h, w). label_ids: int64 (B,) in [0, num_classes] or None (unconditional model).
+
+    The sequence of operations depends only on the model, ``label_ids``'s presence and the
+    batch size, never on the codes' values, so an encoder and a decoder calling this
+    with the same batch see bit-identical logits on the same device."""
+    h, w = code_shape
+    state = IncrementalState(model, label_ids, batch, w)
+    codes = torch.empty(batch, h, w, dtype=torch.long, device=model.embed.weight.device)
+    for i in range(h):
+        state.begin_row(i, codes[:, i - 1] if i else None)
+        for j in range(w):
+            state.step(j)
+            codes[:, i, j] = pick(i, j, state.logits())
+            state.set_code(j, codes[:, i, j])
+    return codes
+
+
+@torch.no_grad()
 def incremental_logits(model: GatedPixelCNN, codes: Tensor, labels: Tensor | None = None
                        ) -> Tensor:
     """Logits (B, K, h, w) of ``codes`` int (B, h, w) computed by the cached machinery,
@@ -237,13 +263,12 @@ def incremental_logits(model: GatedPixelCNN, codes: Tensor, labels: Tensor | Non
     codes = model.check_codes(codes)
     b, h, w = codes.shape
     label_ids = model.label_index(labels, b, allow_null=True)
-    state = IncrementalState(model, label_ids, b, w)
     out = torch.empty(b, model.num_codes, h, w, dtype=model.embed.weight.dtype,
                       device=codes.device)
-    for i in range(h):
-        state.begin_row(i, codes[:, i - 1] if i else None)
-        for j in range(w):
-            state.step(j)
-            out[:, :, i, j] = state.logits()
-            state.set_code(j, codes[:, i, j])
+
+    def pick(i: int, j: int, logits: Tensor) -> Tensor:
+        out[:, :, i, j] = logits
+        return codes[:, i, j]
+
+    scan_codes(model, label_ids, b, (h, w), pick)
     return out

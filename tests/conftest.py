@@ -93,3 +93,16 @@ def tiny_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ImageFolder tree (``cat/``, ``dog/``) of 12 small PNGs: modes L, RGB, RGBA, P,
     I;16 and LA, sizes from 17 to 40 pixels. Read-only: copy it before adding files."""
     return _write_folder_images(tmp_path_factory.mktemp("images") / "folder")
+
+
+@pytest.fixture(scope="session")
+def tiny_prior_run(tiny_vqvae_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny class-conditional prior (hidden 8, 2 layers, --cond-drop 0.5) trained once for
+    the session on ``tiny_vqvae_run``'s codes through the CLI; records that VQ-VAE.
+    Returns the run folder (last.ckpt). Read-only."""
+    from pipeline.cli import main
+    from tests.test_prior import train_prior_argv
+
+    out = tmp_path_factory.mktemp("tiny_prior") / "run"
+    assert main(train_prior_argv(tiny_vqvae_run / "codes", out, "--cond-drop", "0.5")) == 0
+    return out

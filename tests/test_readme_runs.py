@@ -23,7 +23,10 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.evaluate import CLASSIFIER_CONFIG
+from pipeline.vqz import MAGIC
 from stage1_vqvae import lit as stage1_lit
+from stage1_vqvae.data import build_dataset
+from stage1_vqvae.runtime.grid import save_png
 from stage2_prior import train as stage2_train
 from tests.conftest import TINY_MODEL_ARGS, TINY_TRAIN_ARGS
 from tests.test_cli_stage2 import TINY_PRESET, TINY_PRIOR
@@ -46,7 +49,10 @@ TINY: dict[str, tuple[str, ...]] = {
     "train-prior": TINY_PRIOR_ARGS,
     "sample": ("--device", "cpu"),
     "evaluate": ("--num-samples", "40", "--device", "cpu"),
+    "compress": ("--device", "cpu"),
+    "decompress": ("--device", "cpu"),
 }
+DIGITS = 3  # images in the `digits/` folder the README compresses
 
 
 def _argv(command: str) -> list[str]:
@@ -74,6 +80,11 @@ def readme_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
             mp.setitem(stage2_train.PRIOR_DEFAULTS, key, value)
         for key, value in TINY_CLASSIFIER.items():
             mp.setitem(CLASSIFIER_CONFIG, key, value)
+        digits = cwd / "digits"  # the user's own folder of images in the README
+        digits.mkdir()
+        val = build_dataset("mnist5k", "val")
+        for i in range(DIGITS):
+            save_png(val[i][0], digits / f"d{i}.png")
         for command in COMMANDS:
             if command in NEEDS_GPUS:
                 continue
@@ -159,6 +170,18 @@ def check_outputs(cwd: Path, command: str, stdout: str) -> None:
         assert {"stage1", "stage2", "samples"} <= set(metrics)
         page = (out / "index.html").read_text()
         assert '<img src="' in page and list(out.glob("*.png"))
+    elif verb == "compress":
+        out = cwd / _option(command, "--out")
+        assert out.read_bytes()[:4] == MAGIC
+        if "--report" in command:
+            report = json.loads((cwd / _option(command, "--report")).read_text())
+            assert report["images"] == (500 if "--data" in command else DIGITS)
+            assert report["total_bits"] == 8 * out.stat().st_size
+            assert report["overhead"] >= 1.0 and report["psnr_db"] > 0  # a 1-epoch tiny model
+    elif verb == "decompress":
+        out = cwd / _option(command, "--out")
+        assert sorted(p.name for p in out.glob("*.png")) == [f"d{i}.png" for i in range(DIGITS)]
+        assert np.load(out / "codes.npy").shape[0] == DIGITS and (out / "decoded.json").is_file()
     else:  # a verb added to the README without a check here
         raise AssertionError(f"no output check for README command {command!r}")
 
