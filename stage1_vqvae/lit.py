@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .metrics import perplexity, psnr_from_mse
 from .model import VQVAE
-from .runtime.checkpoint import checkpoint_stamp, rebuild_module
+from .runtime.checkpoint import checkpoint_stamp, migrate_checkpoint, rebuild_module
 from .runtime.trainer import warmup_cosine
 
 PRESETS: dict[str, dict[str, object]] = {
@@ -162,6 +162,12 @@ class LitVQVAE(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vqgen"] = checkpoint_stamp("vqvae")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # LitVQVAE.load_from_checkpoint reads with Lightning's own loader, not ours: upgrade an
+        # old format here (the state dict is loaded after this hook); a no-op when current
+        if isinstance(checkpoint.get("vqgen"), dict):
+            migrate_checkpoint(checkpoint)
 
 
 def load_vqvae(path: str | os.PathLike, map_location: str | torch.device = "cpu",

@@ -127,7 +127,20 @@ def limit_arg(v: float | None) -> int | float | None:
     return int(v) if v >= 1 else v
 
 
+def check_precision(value: str) -> str:
+    """Lightning's own check of a ``--precision`` value, run before any output is made, so
+    a bad value is its one-line error (exit 2), not a traceback after the run folder exists."""
+    from lightning_fabric.connector import _convert_precision_to_unified_args
+
+    try:
+        _convert_precision_to_unified_args(value)
+    except ValueError as e:
+        raise UsageError(f"--precision: {e}") from None
+    return value
+
+
 def trainer_kwargs(args: argparse.Namespace, max_epochs: int) -> dict:
+    check_precision(args.precision)
     return dict(
         max_epochs=args.max_epochs or max_epochs, max_steps=args.max_steps,
         max_time=args.max_time, accelerator=args.accelerator, devices=args.devices,
