@@ -57,7 +57,7 @@ def _wide(t: Tensor) -> Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _counts(codes: Tensor, num_codes: int, dtype: torch.dtype) -> Tensor:
+def code_counts(codes: Tensor, num_codes: int, dtype: torch.dtype = torch.int64) -> Tensor:
     """codes int64 (N,) -> how often each code occurs, (num_codes,) ``dtype``. Unlike
     ``torch.bincount`` (which reads the maximum on the host), no GPU sync."""
     ones = torch.ones(codes.shape, dtype=dtype, device=codes.device)
@@ -123,7 +123,7 @@ def _kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator | None) ->
     for _ in range(iters):
         assign = nearest_codes(x, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        counts = _counts(assign, k, x.dtype)
+        counts = code_counts(assign, k, x.dtype)
         _all_reduce(sums)
         _all_reduce(counts)
         # an empty cluster keeps its centroid
@@ -242,7 +242,7 @@ class VectorQuantizer(nn.Module):
     def _ema_update(self, flat: Tensor, codes: Tensor) -> None:
         flat = flat.to(self.ema_sum.dtype)
         onehot_sum = torch.zeros_like(self.ema_sum).index_add_(0, codes, flat)
-        counts = _counts(codes, self.num_codes, flat.dtype)
+        counts = code_counts(codes, self.num_codes, flat.dtype)
         _all_reduce(onehot_sum)
         _all_reduce(counts)
         self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
@@ -256,7 +256,7 @@ class VectorQuantizer(nn.Module):
     def _restart_dead(self, flat: Tensor, codes: Tensor) -> None:
         # masked tensor ops only: which codes are dead stays on the device (no nonzero, no
         # boolean indexing), so a GPU never waits for the host here
-        used = _counts(codes, self.num_codes, torch.float32)
+        used = code_counts(codes, self.num_codes, torch.float32)
         _all_reduce(used)
         self.steps_unused.copy_(torch.where(used > 0, 0, self.steps_unused + 1))
         dead = self.steps_unused >= self.dead_after  # (K,) bool
