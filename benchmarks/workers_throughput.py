@@ -2,13 +2,14 @@
 
 Extracts N CIFAR-10 training JPEGs (N / 10 per class) from
 ``/work/shared/data/cifar10-train-jpeg.tar.gz`` (dev data, not shipped; see its README)
-into a temp folder outside the repository, then runs ``train-vqvae --data folder:DIR``
-in child processes (OMP_NUM_THREADS=1) for two step counts and each worker setting. The
-marginal rate, (steps_b - steps_a) * batch / (wall_b - wall_a), cancels start-up (imports,
-listing the folder, starting workers).
+into a temp folder outside the repository, then trains stage one on ``folder:DIR`` in a
+child process per setting (OMP_NUM_THREADS=1; ``train_vqvae``, what the CLI verb calls)
+and times the steps after a warm-up inside the child, so start-up (imports, listing the
+folder, starting workers) is not counted. Settings alternate over ``--repeats`` rounds,
+as the machine's load may drift.
 
-    python benchmarks/workers_throughput.py [--images 5000] [--steps 10,40] [--batch-size 128]
-        [--model small|cifar] [--tar PATH]
+    python benchmarks/workers_throughput.py [--images 5000] [--steps 5,45] [--batch-size 128]
+        [--model small|cifar] [--workers auto,0] [--repeats 2] [--tar PATH]
 
 Prints one JSON line: per setting, the resolved workers, walls and images/s.
 """
@@ -23,17 +24,39 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TAR = Path("/work/shared/data/cifar10-train-jpeg.tar.gz")
 MODELS = {
-    # small: decoding is a visible share of a CPU step; cifar: the preset's model
-    "small": ["--hidden", "32", "--res-hidden", "16", "--num-res", "1", "--code-dim", "16",
-              "--num-codes", "128"],
-    "cifar": ["--preset", "cifar"],
+    # small: decoding is a visible share of a CPU step; cifar: the cifar preset's network
+    "small": dict(hidden=32, res_hidden=16, num_res=1, code_dim=16, num_codes=128),
+    "cifar": dict(hidden=128, res_hidden=64, num_res=2, code_dim=64, num_codes=512),
 }
+CHILD = """
+import json, sys, time
+import pytorch_lightning as pl
+from stage1_vqvae.train import train_vqvae
+
+cfg = json.loads(sys.argv[1])
+class Timer(pl.Callback):
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == cfg["warm"]:
+            self.t0 = time.perf_counter()
+    def on_train_end(self, trainer, *args):
+        took = time.perf_counter() - self.t0
+        steps = trainer.global_step - cfg["warm"]
+        workers = trainer.train_dataloader.num_workers
+        print(json.dumps({"seconds": took, "steps": steps, "workers": workers}))
+train_vqvae(cfg["out"], cfg["model"], overwrite=True, write_codes=False,
+            data_args=dict(data="folder:" + cfg["folder"], channels=3, image_size=(32, 32),
+                           batch_size=cfg["batch"], num_workers=cfg["workers"]),
+            trainer_args=dict(max_epochs=1000, max_steps=cfg["steps"], accelerator="cpu",
+                              limit_val_batches=0, quiet=True, checkpoint_every_minutes=0,
+                              callbacks=[Timer()]))
+"""
 
 
 def extract(tar: Path, dest: Path, n: int) -> Path:
@@ -51,52 +74,49 @@ def extract(tar: Path, dest: Path, n: int) -> Path:
     return dest / "train"
 
 
-def run(folder: Path, out: Path, steps: int, workers: str, batch: int, model: list[str]) -> float:
+def run(folder: Path, out: Path, warm: int, steps: int, workers: str, batch: int,
+        model: dict) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "pipeline", "train-vqvae", "--data", f"folder:{folder}",
-           "--out", str(out), "--channels", "3", "--image-size", "32", "--downsample", "4",
-           *model, "--batch-size", str(batch), "--max-steps", str(steps),
-           "--limit-val-batches", "0", "--num-workers", workers, "--no-codes", "--overwrite",
-           "--accelerator", "cpu", "--device", "cpu", "--checkpoint-every-minutes", "0"]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    cfg = dict(folder=str(folder), out=str(out), warm=warm, steps=steps, batch=batch, model=model,
+               workers=workers if workers == "auto" else int(workers))
+    res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
     if res.returncode != 0:
-        raise SystemExit(f"train-vqvae failed:\n{res.stderr[-3000:]}")
-    return time.perf_counter() - t0
+        raise SystemExit(f"training failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=5000)
-    ap.add_argument("--steps", default="10,40")
+    ap.add_argument("--steps", default="5,45", help="warm-up steps, total steps")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--model", choices=sorted(MODELS), default="small")
     ap.add_argument("--workers", default="auto,0")
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--tar", default=str(TAR))
     args = ap.parse_args()
-    a, b = (int(s) for s in args.steps.split(","))
+    warm, steps = (int(s) for s in args.steps.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="vqgen_workers_"))
     try:
         folder = extract(Path(args.tar), tmp / "data", args.images)
-        sys.path.insert(0, str(ROOT))
-        from stage1_vqvae.data import build_dataset
-        from stage1_vqvae.runtime.data_order import resolve_workers
-
-        ds = build_dataset(f"folder:{folder}", "train", channels=3, image_size=(32, 32))
-        results = []
-        for workers in args.workers.split(","):
-            wa = run(folder, tmp / "run", a, workers, args.batch_size, MODELS[args.model])
-            wb = run(folder, tmp / "run", b, workers, args.batch_size, MODELS[args.model])
-            resolved = resolve_workers(workers if workers == "auto" else int(workers), ds)
-            results.append({"num_workers": workers, "resolved": resolved,
-                            f"wall_{a}_steps_s": round(wa, 1), f"wall_{b}_steps_s": round(wb, 1),
-                            "images_per_s": round((b - a) * args.batch_size / (wb - wa), 1)})
+        rates: dict[str, list[float]] = {}
+        resolved: dict[str, int] = {}
+        for _ in range(args.repeats):
+            for workers in args.workers.split(","):
+                r = run(folder, tmp / "run", warm, steps, workers, args.batch_size,
+                        MODELS[args.model])
+                rates.setdefault(workers, []).append(round(r["steps"] * args.batch_size
+                                                           / r["seconds"], 1))
+                resolved[workers] = r["workers"]
+        results = [{"num_workers": w, "resolved": resolved[w], "images_per_s": rates[w],
+                    "median": float(np.median(rates[w]))} for w in rates]
         print(json.dumps({"benchmark": "workers_throughput", "images": args.images,
                           "model": args.model, "batch_size": args.batch_size,
-                          "cpus": len(os.sched_getaffinity(0)), "results": results}))
+                          "timed_steps": steps - warm, "cpus": len(os.sched_getaffinity(0)),
+                          "load_average": os.getloadavg(), "results": results}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()
