@@ -55,8 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (bad --accelerator / --devices / --precision). Anything else is a bug: traceback.
     except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
             MisconfigurationException) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"vqgen {args.verb}: error: {msg}", file=sys.stderr)
+        print(f"vqgen {args.verb}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except Exception:
         print(f"vqgen {args.verb}: internal error (a bug, not your input); please report it "
@@ -66,6 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vqgen {args.verb}: interrupted; re-run the same command to continue "
               "(training: add --resume)", file=sys.stderr)
         return 130
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an error's message; for one re-raised from a DataLoader worker
+    ("Caught DataError in DataLoader worker process 0." + the worker's traceback), the
+    original message, which is the traceback's last line."""
+    text = str(e).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def console_main() -> None:

@@ -35,7 +35,8 @@ def ssim(
     x: Tensor, y: Tensor, *, data_range: float = 1.0, window_size: int = 11, sigma: float = 1.5,
     k1: float = 0.01, k2: float = 0.03,
 ) -> Tensor:
-    """SSIM per image (Wang et al. 2004): x, y float (N, C, H, W) in [0, data_range] -> float64 (N,).
+    """SSIM per image (Wang et al. 2004): x, y float (N, C, H, W) in [0, data_range] -> float64 (N,),
+    computed on the CPU (float64; MPS has none).
 
     Gaussian window (``window_size`` x ``window_size``, ``sigma``), C1 = (k1 L)^2,
     C2 = (k2 L)^2; each channel is filtered on its own, without padding (the map is
@@ -48,8 +49,8 @@ def ssim(
     n, c, h, w = x.shape
     if h < window_size or w < window_size:
         raise ValueError(f"ssim: images {h}x{w} are smaller than the {window_size}x{window_size} window")
-    x, y = x.double(), y.double()
-    ax = torch.arange(window_size, dtype=torch.float64, device=x.device) - (window_size - 1) / 2
+    x, y = x.detach().cpu().double(), y.detach().cpu().double()
+    ax = torch.arange(window_size, dtype=torch.float64) - (window_size - 1) / 2
     g = torch.exp(-(ax**2) / (2 * sigma**2))
     g = g / g.sum()
     # the Gaussian window is separable: a column pass then a row pass, all 5 moments at once
@@ -154,7 +155,8 @@ def _log1mexp(d: Tensor) -> Tensor:
 
 def discretized_gaussian_log_probs(levels: Tensor, mean: Tensor, sigma: float,
                                    num_levels: int = 256) -> Tensor:
-    """log p(level | mean, sigma) in nats, float64, same shape as ``levels``.
+    """log p(level | mean, sigma) in nats, float64 on the CPU (MPS has no float64), same
+    shape as ``levels``.
 
     levels: int in [0, num_levels - 1] (the pixel k means intensity k / (L - 1));
     mean: float, same shape, on the [0, 1] intensity scale (any real value is allowed);
@@ -165,8 +167,9 @@ def discretized_gaussian_log_probs(levels: Tensor, mean: Tensor, sigma: float,
     if sigma <= 0:
         raise ValueError(f"sigma {sigma} must be positive")
     top = num_levels - 1
+    levels = levels.detach().cpu()
     x = levels.to(torch.float64) / top
-    m = mean.to(torch.float64)
+    m = mean.detach().cpu().to(torch.float64)
     half = 0.5 / top
     a = (x - half - m) / sigma
     b = (x + half - m) / sigma
@@ -186,7 +189,7 @@ def discretized_gaussian_log_probs(levels: Tensor, mean: Tensor, sigma: float,
 
 def recon_bits(images: Tensor, mean: Tensor, sigmas: Sequence[float]) -> Tensor:
     """-log2 p(x | z) per image for each sigma: images (N, C, H, W) 8-bit values k/255,
-    mean (N, C, H, W) the decoder output -> float64 (N, len(sigmas)) bits per image."""
+    mean (N, C, H, W) the decoder output -> float64 (N, len(sigmas)) bits per image, on the CPU."""
     levels = images.mul(255).round().long()
     out = [-discretized_gaussian_log_probs(levels, mean, float(s)).flatten(1).sum(1) / LN2
            for s in sigmas]

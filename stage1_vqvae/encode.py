@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from .codes import CodeMapWriter
 from .lit import LitVQVAE
 from .runtime.checkpoint import file_sha256
-from .runtime.data_order import dist_info
+from .runtime.data_order import dist_info, on_cuda, resolve_workers
 from .runtime.progress import progress
 from .runtime.trainer import quiet_lightning
 
@@ -31,7 +31,7 @@ def encode_dataset(
     checkpoint_path: str | os.PathLike | None,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
-    num_workers: int = 0,
+    num_workers: int | str = "auto",
     checkpoint_sha256: str | None = None,
 ) -> Path:
     """Encode ``dataset`` (items (images (C,H,W) in [0,1], label)) in order into a code-map
@@ -42,7 +42,9 @@ def encode_dataset(
     """
     model = lit.model.to(device).eval()
     n = len(dataset)  # type: ignore[arg-type]
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        num_workers=resolve_workers(num_workers, dataset),
+                        pin_memory=torch.device(device).type == "cuda")
     meta = _meta(model, num_classes, class_names, source, checkpoint_path, checkpoint_sha256)
     has_labels = num_classes > 0
     desc = f"encode {Path(out_folder).name}"
@@ -100,7 +102,7 @@ class _ShardData(pl.LightningDataModule):
     run's, which makes the codes bit-identical (the kernels' rounding can depend on the
     batch); and each rank reads its own stretch of the data."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, num_workers: int) -> None:
+    def __init__(self, dataset: Dataset, batch_size: int, num_workers: int | str) -> None:
         super().__init__()
         self.dataset, self.batch_size, self.num_workers = _Indexed(dataset), batch_size, num_workers
 
@@ -109,8 +111,10 @@ class _ShardData(pl.LightningDataModule):
         n = len(self.dataset)
         per = -(-n // world)
         block = range(min(n, rank * per), min(n, (rank + 1) * per))
+        workers = resolve_workers(self.num_workers, self.dataset.dataset,
+                                  int(self.trainer.num_devices) if self.trainer else 1)
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=block,
-                          num_workers=self.num_workers)
+                          num_workers=workers, pin_memory=on_cuda(self.trainer))
 
 
 class _ShardWriter(BasePredictionWriter):
@@ -141,7 +145,8 @@ class _ShardWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.writer.flush()
-        total = int(trainer.strategy.reduce(torch.tensor(self.rows, dtype=torch.float64,
+        # int64: exact, and on MPS, which has no float64
+        total = int(trainer.strategy.reduce(torch.tensor(self.rows, dtype=torch.int64,
                                                          device=pl_module.device), reduce_op="sum"))
         trainer.strategy.barrier("vqgen-encode-written")  # every rank's rows are on disk
         if trainer.is_global_zero:
@@ -169,7 +174,7 @@ def encode_dataset_distributed(
     source: str,
     checkpoint_path: str | os.PathLike | None,
     batch_size: int = 256,
-    num_workers: int = 0,
+    num_workers: int | str = "auto",
     checkpoint_sha256: str | None = None,
     accelerator: str = "auto",
     devices: int | str = "auto",

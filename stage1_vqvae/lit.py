@@ -18,9 +18,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from .data.preview import balanced_pick
 from .metrics import perplexity, psnr_from_mse
 from .model import VQVAE
-from .runtime.checkpoint import checkpoint_stamp, rebuild_module
+from .quantizer import code_counts
+from .runtime.checkpoint import checkpoint_stamp, migrate_checkpoint, rebuild_module
 from .runtime.trainer import warmup_cosine
 
 PRESETS: dict[str, dict[str, object]] = {
@@ -44,8 +46,11 @@ class LitVQVAE(pl.LightningModule):
 
     Logs ``train/loss``, ``train/recon_loss``, ``val/recon_loss``, ``val/psnr`` (dB, over
     the whole split), ``val/perplexity`` and ``val/codebook_usage`` (distinct codes used in
-    the whole validation epoch / K), and writes a reconstruction grid PNG per epoch.
+    the whole validation epoch / K), and writes a reconstruction grid PNG per epoch of a
+    fixed, seeded, class-balanced set of held-out images (:func:`balanced_pick`).
     """
+
+    preview_count = 20  # held-out images in each epoch's preview (2 per class for 10 classes)
 
     def __init__(
         self,
@@ -82,9 +87,9 @@ class LitVQVAE(pl.LightningModule):
             dead_after=dead_after,
         )
         self._val_counts: Tensor | None = None
-        self._val_sse = 0.0
+        self._val_sse: list[Tensor] = []  # per-batch sums, on the device until the epoch ends
         self._val_pixels = 0
-        self._val_preview: Tensor | None = None
+        self._preview_images: Tensor | None = None  # chosen once, kept on the CPU
         self.preview_dir: str | None = None
 
     @property
@@ -110,27 +115,26 @@ class LitVQVAE(pl.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val_counts = torch.zeros(self.num_codes, dtype=torch.float64, device=self.device)
-        self._val_sse, self._val_pixels = 0.0, 0
-        self._val_preview = None
+        # int64, not float64: MPS has no float64; no host read until the epoch ends
+        self._val_counts = torch.zeros(self.num_codes, dtype=torch.int64, device=self.device)
+        self._val_sse, self._val_pixels = [], 0
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images = batch[0]
         recon, codes, _ = self.model(images)
         recon = recon.clamp(0, 1)
-        self._val_sse += float(((recon - images) ** 2).sum())
+        self._val_sse.append(((recon - images.float()) ** 2).sum())
         self._val_pixels += images.numel()
         assert self._val_counts is not None
-        self._val_counts += torch.bincount(codes.flatten(), minlength=self.num_codes).double()
-        if batch_idx == 0:
-            n = min(16, images.shape[0])
-            self._val_preview = torch.cat([images[:n], recon[:n]]).detach().cpu()
+        self._val_counts += code_counts(codes.flatten(), self.num_codes)
 
     def on_validation_epoch_end(self) -> None:
         counts = self._val_counts
         assert counts is not None
-        stats = torch.tensor([self._val_sse, float(self._val_pixels)], dtype=torch.float64,
-                             device=counts.device)
+        # one host read per epoch: the batch sums are added in float64 on the CPU, and the
+        # ranks' totals all-reduced in float32 on the device (no float64 there)
+        sse = float(torch.stack(self._val_sse).cpu().double().sum()) if self._val_sse else 0.0
+        stats = torch.tensor([sse, float(self._val_pixels)], device=counts.device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts)
             dist.all_reduce(stats)
@@ -140,15 +144,33 @@ class LitVQVAE(pl.LightningModule):
         self.log("val/psnr", psnr_from_mse(mse))
         self.log("val/perplexity", perplexity(counts) if bool(counts.any()) else 1.0)
         self.log("val/codebook_usage", float((counts > 0).sum()) / self.num_codes)
-        if self._val_preview is not None and not self.trainer.sanity_checking:
-            self._save_preview(self._val_preview)
+        if not self.trainer.sanity_checking:
+            self._save_preview()
 
-    def _save_preview(self, preview: Tensor) -> None:
+    def preview_images(self) -> Tensor | None:
+        """The held-out images every epoch's preview shows: (n, C, H, W) on the CPU, picked
+        once by :func:`balanced_pick` from the data module's val split; None without one."""
+        if self._preview_images is None:
+            dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            ds = dm.dataset("val") if dm is not None and hasattr(dm, "dataset") else None
+            if ds is None or len(ds) == 0:
+                return None
+            pick = balanced_pick(ds.labels, self.preview_count, seed=int(self.hparams.seed))
+            self._preview_images = torch.stack([ds[int(i)][0] for i in pick])
+        return self._preview_images
+
+    @torch.no_grad()
+    def _save_preview(self) -> None:
         if self.preview_dir is None or self.global_rank != 0:
+            return
+        images = self.preview_images()
+        if images is None:
             return
         from torchvision.utils import save_image
 
-        n = preview.shape[0] // 2
+        recon = self.model.decode_codes(self.model.encode(images.to(self.device)))
+        preview = torch.cat([images, recon.float().cpu()])
+        n = images.shape[0]
         path = Path(self.preview_dir) / f"recon_epoch{self.current_epoch:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         # top row originals, bottom row reconstructions
@@ -162,6 +184,12 @@ class LitVQVAE(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vqgen"] = checkpoint_stamp("vqvae")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # LitVQVAE.load_from_checkpoint reads with Lightning's own loader, not ours: upgrade an
+        # old format here (the state dict is loaded after this hook); a no-op when current
+        if isinstance(checkpoint.get("vqgen"), dict):
+            migrate_checkpoint(checkpoint)
 
 
 def load_vqvae(path: str | os.PathLike, map_location: str | torch.device = "cpu",

@@ -2,6 +2,9 @@
 
 Reads only stage one's code-map files (``stage1_vqvae.codes``): ``num_codes``,
 ``code_shape``, ``num_classes`` and class names come from ``meta.json``, never from flags.
+
+Memory stays flat in the number of code maps: the files stay memory-mapped (uint16 codes),
+and only the rows of a batch are read and widened to int64, as the batch is drawn.
 """
 
 from __future__ import annotations
@@ -25,20 +28,42 @@ _MUST_MATCH = ("num_codes", "code_shape", "num_classes", "class_names", "vqvae_s
 
 
 class CodeDataset(Dataset):
-    """(codes int64 (h, w), label int64; -1 when unlabelled), held in memory (small)."""
+    """Items (codes (h, w) as stored, uint16 for K <= 65536; label int, -1 when unlabelled)
+    read from the (memory-mapped) arrays of ``maps``; :func:`collate_codes` makes int64
+    batches. Values were range-checked when the folder was read (``read_code_maps``)."""
 
     def __init__(self, maps: CodeMaps) -> None:
-        self.codes = torch.from_numpy(np.asarray(maps.codes).astype(np.int64))
-        if maps.labels is not None:
-            self.labels = torch.from_numpy(np.asarray(maps.labels).astype(np.int64))
-        else:
-            self.labels = torch.full((len(maps),), -1, dtype=torch.long)
+        self.codes, self.labels = maps.codes, maps.labels
 
     def __len__(self) -> int:
-        return self.codes.shape[0]
+        return int(self.codes.shape[0])
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.codes[i], self.labels[i]
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.codes[i], -1 if self.labels is None else int(self.labels[i])
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a worker started by spawn (macOS, Windows) gets the file names, not a pickled copy
+        # of every code map (which is what pickling a np.memmap does)
+        return {name: (_Mapped(arr.filename) if isinstance(arr, np.memmap) else arr)
+                for name, arr in (("codes", self.codes), ("labels", self.labels))}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, arr in state.items():
+            setattr(self, name, arr.open() if isinstance(arr, _Mapped) else arr)
+
+
+class _Mapped:
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+
+    def open(self) -> np.ndarray:
+        return np.load(self.filename, mmap_mode="r", allow_pickle=False)
+
+
+def collate_codes(items: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(codes (h, w) uint16, label)] -> (codes int64 (B, h, w), labels int64 (B,))."""
+    codes = torch.from_numpy(np.stack([c for c, _ in items]).astype(np.int64))
+    return codes, torch.tensor([label for _, label in items], dtype=torch.long)
 
 
 def open_code_splits(codes_dir: str | os.PathLike) -> dict[str, CodeMaps]:
@@ -78,7 +103,7 @@ def open_code_splits(codes_dir: str | os.PathLike) -> dict[str, CodeMaps]:
 class CodeMapDataModule(pl.LightningDataModule):
     """Batches (codes (B, h, w) int64, labels (B,) int64) from a code folder's splits."""
 
-    def __init__(self, codes_dir: str, batch_size: int = 64, num_workers: int = 0,
+    def __init__(self, codes_dir: str, batch_size: int = 64, num_workers: int | str = "auto",
                  seed: int = 0) -> None:
         super().__init__()
         self.codes_dir, self.batch_size = codes_dir, batch_size
@@ -104,9 +129,10 @@ class CodeMapDataModule(pl.LightningDataModule):
         return make_loader(ds, batch_size=self.batch_size, seed=self.seed, training=True,
                            trainer=self.trainer, resume_state=self.resume_state,
                            drop_last=len(ds) > self.batch_size, num_workers=self.num_workers,
-                           persistent_workers=self.num_workers > 0)
+                           collate_fn=collate_codes)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
         return make_loader(self._sets["val"], batch_size=max(self.batch_size, 256), seed=self.seed,
-                           training=False, trainer=self.trainer, num_workers=self.num_workers)
+                           training=False, trainer=self.trainer, num_workers=self.num_workers,
+                           collate_fn=collate_codes)

@@ -76,6 +76,10 @@ class LitPrior(pl.LightningModule):
     def forward(self, codes: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.model(codes, labels)
 
+    # Batches come from CodeMapDataModule, whose code maps and labels were range-checked when
+    # the folder was read; the steps pass validated=True so they read no value on the host
+    # (a GPU sync per step). Direct calls of the model keep every check.
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         codes, labels = batch
         lab = self._labels(labels)
@@ -84,19 +88,19 @@ class LitPrior(pl.LightningModule):
             # drops the same labels as an uninterrupted one, and DDP ranks differ
             g = torch.Generator(device=lab.device).manual_seed(
                 (int(self.hparams.seed) * 1_000_003 + int(self.global_step)) * 4099 + self.global_rank)
-            lab = self.model.drop_labels(lab, self.hparams.cond_drop, generator=g)
-        nll = F.cross_entropy(self.model(codes, lab), codes)
+            lab = self.model.drop_labels(lab, self.hparams.cond_drop, generator=g, validated=True)
+        nll = F.cross_entropy(self.model(codes, lab, validated=True), codes)
         self.log("train/loss", nll, prog_bar=True, batch_size=codes.shape[0])
         return nll
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         codes, labels = batch
         bs = codes.shape[0]
-        nll = F.cross_entropy(self.model(codes, self._labels(labels)), codes)
+        nll = F.cross_entropy(self.model(codes, self._labels(labels), validated=True), codes)
         self.log("val/nll", nll, batch_size=bs, sync_dist=True, prog_bar=True)
         self.log("val/bits_per_code", nll / LN2, batch_size=bs, sync_dist=True)
         if self.model.num_classes > 0:
-            nll_u = F.cross_entropy(self.model(codes, None), codes)
+            nll_u = F.cross_entropy(self.model(codes, None, validated=True), codes)
             self.log("val/nll_uncond", nll_u, batch_size=bs, sync_dist=True)
 
     def configure_optimizers(self):

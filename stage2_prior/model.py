@@ -107,8 +107,12 @@ class GatedPixelCNN(nn.Module):
         """The device the weights live on."""
         return self.embed.weight.device
 
-    def label_index(self, labels: Tensor | None, batch: int, allow_null: bool) -> Tensor | None:
-        """labels (B,) int -> int64 (B,) on the model's device; None -> all null (or None)."""
+    def label_index(self, labels: Tensor | None, batch: int, allow_null: bool,
+                    validated: bool = False) -> Tensor | None:
+        """labels (B,) int -> int64 (B,) on the model's device; None -> all null (or None).
+
+        ``validated``: the values are known to be in range (the training loop's code maps
+        were checked when read), so skip reading them on the host (a GPU sync per call)."""
         if self.num_classes == 0:
             if labels is not None:
                 raise UserError("labels were given but the model is unconditional "
@@ -123,29 +127,32 @@ class GatedPixelCNN(nn.Module):
             raise UserError(f"labels must be an integer tensor of shape ({batch},), "
                              f"got {labels.dtype} {tuple(labels.shape)}")
         top = self.num_classes if allow_null else self.num_classes - 1
-        if batch > 0 and (int(labels.min()) < 0 or int(labels.max()) > top):
+        if not validated and batch > 0 and (int(labels.min()) < 0 or int(labels.max()) > top):
             raise UserError(f"labels must be in [0, {top}] (num_classes={self.num_classes}), "
                              f"got min {int(labels.min())} max {int(labels.max())}")
         return labels.to(device=self.device, dtype=torch.long)
 
-    def check_codes(self, codes: Tensor, name: str = "codes") -> Tensor:
+    def check_codes(self, codes: Tensor, name: str = "codes", validated: bool = False) -> Tensor:
+        """codes int (B, h, w) -> int64 on the model's device; ``validated`` as in
+        :meth:`label_index` (dtype and shape are always checked, values only when False)."""
         if (not isinstance(codes, Tensor) or codes.dim() != 3 or codes.is_floating_point()
                 or codes.is_complex() or codes.dtype == torch.bool):
             got = (f"{codes.dtype} {tuple(codes.shape)}" if isinstance(codes, Tensor)
                    else type(codes).__name__)
             raise UserError(f"{name} must be an integer tensor (B, h, w), got {got}")
-        if codes.numel() > 0:
+        if not validated and codes.numel() > 0:
             lo, hi = int(codes.min()), int(codes.max())
             if lo < 0 or hi >= self.num_codes:
                 raise UserError(f"{name} must be in [0, {self.num_codes - 1}], "
                                  f"got min {lo} max {hi}")
         return codes.to(device=self.device, dtype=torch.long)
 
-    def drop_labels(self, labels: Tensor, p: float, generator: torch.Generator | None = None
-                    ) -> Tensor:
+    def drop_labels(self, labels: Tensor, p: float, generator: torch.Generator | None = None,
+                    validated: bool = False) -> Tensor:
         """Replace each label by the null class with probability p (conditioning dropout).
 
         labels int (B,) in [0, num_classes) -> int64 (B,) in [0, num_classes].
+        ``validated``: as in :meth:`label_index`.
         """
         if self.num_classes == 0:
             raise UserError("drop_labels needs a class-conditional model (num_classes > 0)")
@@ -153,7 +160,7 @@ class GatedPixelCNN(nn.Module):
             raise UserError(f"p={p!r} must be a number in [0, 1]")
         if not isinstance(labels, Tensor) or labels.dim() != 1:
             raise UserError(f"labels must be a 1-D integer tensor (B,), got {labels!r:.60}")
-        label_ids = self.label_index(labels, labels.shape[0], allow_null=False)
+        label_ids = self.label_index(labels, labels.shape[0], allow_null=False, validated=validated)
         if p == 0:
             return label_ids
         u = torch.rand(label_ids.shape, generator=generator, device=label_ids.device)
@@ -165,15 +172,18 @@ class GatedPixelCNN(nn.Module):
                                self.kernel_size)
 
     # ----------------------------------------------------------------------- forward
-    def forward(self, codes: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, codes: Tensor, labels: Tensor | None = None, validated: bool = False
+                ) -> Tensor:
         """codes int (B, h, w) in [0, num_codes), any h, w >= 1; labels int (B,) in
         [0, num_classes] (num_classes = null class) or None (all null; required when
         num_classes == 0) -> logits float (B, num_codes, h, w).
 
         logits[:, :, i, j] depends only on codes strictly before (i, j) in raster order.
+        ``validated``: the values of codes and labels are known to be in range (training on
+        code maps checked when read): no host read of them, so no GPU sync.
         """
-        codes = self.check_codes(codes)
-        label_ids = self.label_index(labels, codes.shape[0], allow_null=True)
+        codes = self.check_codes(codes, validated=validated)
+        label_ids = self.label_index(labels, codes.shape[0], allow_null=True, validated=validated)
         x = self.embed(codes).permute(0, 3, 1, 2).contiguous()  # (B, hidden, h, w)
         v, h = x, x
         skips = None

@@ -41,7 +41,7 @@ def train_prior(
     trainer_args: dict[str, Any],
     batch_size: int = 64,
     seed: int = 0,
-    num_workers: int = 0,
+    num_workers: int | str = "auto",
     resume: bool = False,
     overwrite: bool = False,
 ) -> PriorResult:

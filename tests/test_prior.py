@@ -192,9 +192,9 @@ def _labels_seen_in_training(lit: LitPrior, codes: torch.Tensor, labels: torch.T
     seen = []
     forward = lit.model.forward
 
-    def spy(c, lab=None):
+    def spy(c, lab=None, **kw):
         seen.append(None if lab is None else lab.clone())
-        return forward(c, lab)
+        return forward(c, lab, **kw)
 
     lit.model.forward = spy
     with warnings.catch_warnings():

@@ -191,10 +191,10 @@ def test_kmeans_init_on_first_training_batch(ema: bool, seed: int):
     k, d = 8, 4
     points, centers = clustered(k=k, d=d, per=64, seed=seed)
     q = VectorQuantizer(k, d, ema=ema, kmeans_init=True, dead_after=0)
-    assert not bool(q.initialized)
+    assert bool(q.kmeans_pending)
     q.train()
     _, codes, _ = q(to_grid(points, 8, 8, 8))
-    assert bool(q.initialized)
+    assert not bool(q.kmeans_pending)
     # codebook rows are the cluster means (one per cluster) ...
     dist = torch.cdist(centers, q.codebook.detach())
     assert dist.min(1).values.max() < 0.05, dist.min(1).values.detach()
@@ -211,7 +211,7 @@ def test_kmeans_init_happens_once_and_not_in_eval():
     before = q.codebook.detach().clone()
     q.eval()
     q(z)
-    assert not bool(q.initialized) and torch.equal(q.codebook.detach(), before)
+    assert bool(q.kmeans_pending) and torch.equal(q.codebook.detach(), before)
     q.train()
     q(z)
     after_first = q.codebook.detach().clone()
@@ -291,4 +291,57 @@ def test_quantize_changes_no_state_even_in_train_mode():
 
 def test_state_is_checkpointed():
     keys = set(VectorQuantizer(8, 2, ema=True).state_dict())
-    assert {"codebook", "ema_count", "ema_sum", "initialized", "steps_unused"} <= keys
+    assert {"codebook", "ema_count", "ema_sum", "kmeans_pending", "steps_unused"} <= keys
+
+
+# --------------------------------------------------------------------------- mixed precision
+
+
+def offset_data(n: int = 4096, k: int = 64, d: int = 16, offset: float = 4.0, seed: int = 0):
+    """Rows and a codebook of the same spread around a shared offset, as encoder outputs
+    with a non-zero mean are: (flat (n, d), codebook (k, d)), float32."""
+    g = torch.Generator().manual_seed(seed)
+    codebook = torch.randn(k, d, generator=g) * 0.5 + offset
+    flat = torch.randn(n, d, generator=g) * 0.5 + offset
+    return flat, codebook
+
+
+def exact_nearest(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Brute force: float32 differences (no expanded square), argmin."""
+    d = torch.cdist(flat, codebook, compute_mode="donot_use_mm_for_euclid_dist")
+    return d.argmin(1)
+
+
+@pytest.mark.parametrize("offset", [0.0, 4.0, 50.0])
+def test_nearest_codes_under_bf16_autocast_are_the_float32_nearest(offset: float):
+    flat, codebook = offset_data(offset=offset)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = nearest_codes(flat, codebook)
+    assert torch.equal(got, exact_nearest(flat, codebook)), (
+        f"{int((got != exact_nearest(flat, codebook)).sum())} of {len(got)} codes are not the nearest")
+
+
+@pytest.mark.parametrize("ema", [True, False])
+def test_training_steps_under_bf16_autocast_match_float32(ema: bool):
+    """Codes, EMA statistics, k-means init and dead-code restarts: the same state, bit for
+    bit, with and without autocast."""
+    flat, _ = offset_data(n=2048, d=8)
+    z_e = to_grid(flat, 8, 16, 16)
+    runs = {}
+    for autocast in (False, True):
+        torch.manual_seed(0)
+        q = VectorQuantizer(64, 8, ema=ema, kmeans_init=True, dead_after=2).train()
+        codes = []
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            for step in range(4):
+                z_st, c, losses = q(z_e + 0.1 * step)
+                codes.append(c)
+        assert z_st.dtype == torch.float32 and losses["loss"].dtype == torch.float32
+        runs[autocast] = (torch.stack(codes), q.state_dict())
+    (c32, s32), (cbf, sbf) = runs[False], runs[True]
+    assert torch.equal(cbf, c32)
+    for key, value in s32.items():
+        assert torch.equal(sbf[key], value), key
+    # and the codes are the float32 nearest of the final codebook, as encode will see them
+    q.eval()
+    assert torch.equal(q.quantize(z_e), exact_nearest(flat, q.codebook).view(8, 16, 16))

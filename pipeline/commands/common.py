@@ -59,6 +59,24 @@ def non_negative_float(text: str) -> float:
     return v
 
 
+def workers_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto or an integer >= 0") from None
+
+
+WORKERS_HELP = ("DataLoader worker processes: auto (default) = min(CPUs per device - 1, 8) for "
+                "image folders, whose files are decoded per item, and 0 for in-memory or "
+                "memory-mapped sets (mnist5k, torchvision sets, code maps); or a number")
+
+
+def add_workers_arg(g) -> None:
+    g.add_argument("--num-workers", type=workers_arg, default="auto", help=WORKERS_HELP)
+
+
 def devices_arg(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
@@ -95,7 +113,7 @@ def add_data_args(p: argparse.ArgumentParser, default: str | None = "mnist5k") -
     g.add_argument("--val-fraction", type=float, default=None,
                    help="held-out fraction for mnist5k and folders (default 0.1; with --vqvae: "
                    "the checkpoint's)")
-    g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
+    add_workers_arg(g)
 
 
 def add_trainer_args(p: argparse.ArgumentParser) -> None:
@@ -127,7 +145,20 @@ def limit_arg(v: float | None) -> int | float | None:
     return int(v) if v >= 1 else v
 
 
+def check_precision(value: str) -> str:
+    """Lightning's own check of a ``--precision`` value, run before any output is made, so
+    a bad value is its one-line error (exit 2), not a traceback after the run folder exists."""
+    from lightning_fabric.connector import _convert_precision_to_unified_args
+
+    try:
+        _convert_precision_to_unified_args(value)
+    except ValueError as e:
+        raise UsageError(f"--precision: {e}") from None
+    return value
+
+
 def trainer_kwargs(args: argparse.Namespace, max_epochs: int) -> dict:
+    check_precision(args.precision)
     return dict(
         max_epochs=args.max_epochs or max_epochs, max_steps=args.max_steps,
         max_time=args.max_time, accelerator=args.accelerator, devices=args.devices,

@@ -9,6 +9,7 @@ from pipeline.commands.common import (
     UsageError,
     add_trainer_args,
     add_verb,
+    add_workers_arg,
     check_new_dir,
     positive_int,
     print_metrics,
@@ -31,7 +32,7 @@ def add_train_prior(subs) -> None:
                    "enables unconditional and guided sampling from one model")
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--batch-size", type=positive_int, default=None)
-    g.add_argument("--num-workers", type=int, default=0)
+    add_workers_arg(g)
     add_trainer_args(p)
     p.add_argument("--out", default="checkpoints/prior", help="run folder")
     p.set_defaults(func=cmd_train_prior)

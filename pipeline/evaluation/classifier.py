@@ -160,6 +160,6 @@ def classify(model: SmallCNN, images: Tensor, *, batch_size: int = 500,
     feats, preds = [], []
     for s in range(0, images.shape[0], batch_size):
         f = model.features(images[s : s + batch_size].to(device))
-        feats.append(f.double().cpu())
+        feats.append(f.cpu().double())
         preds.append(model.head(f).argmax(1).cpu())
     return torch.cat(feats).numpy(), torch.cat(preds).numpy()

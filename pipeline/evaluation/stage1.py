@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from pipeline import metrics as M
+from stage1_vqvae.data.preview import balanced_pick
 from stage1_vqvae.runtime.errors import UserError
 
 # sigma of p(x | z) on the [0, 1] scale: 1/1000 .. 1/2, 28 steps (ratio ~1.26)
@@ -30,7 +31,8 @@ class Stage1Pass:
     sigmas: tuple[float, ...]
     num_codes: int
     dims: int            # C * H * W
-    preview: tuple[Tensor, Tensor]  # up to 32 originals and reconstructions (n, C, H, W)
+    # up to 32 originals and reconstructions (n, C, H, W): a seeded class-balanced pick
+    preview: tuple[Tensor, Tensor]
 
 
 @torch.inference_mode()
@@ -45,10 +47,16 @@ def run_stage1(lit, dataset, *, batch_size: int = 256, device: str = "cpu",
     """
     model = lit.model.to(device).eval()
     codes, labels, sse, ssims, rbits = [], [], [], [], []
-    preview_x, preview_r = [], []
     h, w = model.image_size
     with_ssim = min(h, w) >= 11
     n_seen = 0
+    all_labels = getattr(dataset, "labels", None)
+    if all_labels is None:
+        all_labels = np.full(len(dataset), -1)
+    # the split may be sorted by class: show every class, the same images each time
+    pick = balanced_pick(all_labels, 32, seed=0)
+    slot = {int(i): k for k, i in enumerate(pick)}
+    preview_x, preview_r = [None] * len(pick), [None] * len(pick)
     for images, lab in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         x = M.quantize_8bit(images.to(device))
         c = model.encode(x)
@@ -56,13 +64,13 @@ def run_stage1(lit, dataset, *, batch_size: int = 256, device: str = "cpu",
         recon = mean.clamp(0, 1)
         codes.append(c.cpu())
         labels.append(torch.as_tensor(lab, dtype=torch.long))
-        sse.append(((recon - x).double() ** 2).flatten(1).sum(1).cpu())
+        sse.append(((recon - x).cpu().double() ** 2).flatten(1).sum(1))
         if with_ssim:
             ssims.append(M.ssim(x, recon).cpu())
         rbits.append(M.recon_bits(x, mean, sigmas).cpu())
-        if n_seen < 32:
-            preview_x.append(x[: 32 - n_seen].cpu())
-            preview_r.append(recon[: 32 - n_seen].cpu())
+        for j in range(x.shape[0]):
+            if n_seen + j in slot:
+                preview_x[slot[n_seen + j]], preview_r[slot[n_seen + j]] = x[j].cpu(), recon[j].cpu()
         n_seen += x.shape[0]
     if n_seen == 0:
         raise UserError("the evaluated split holds no images")
@@ -71,7 +79,7 @@ def run_stage1(lit, dataset, *, batch_size: int = 256, device: str = "cpu",
         ssim=torch.cat(ssims) if with_ssim else None, recon_bits=torch.cat(rbits),
         sigmas=tuple(float(s) for s in sigmas), num_codes=int(model.num_codes),
         dims=int(model.in_channels * h * w),
-        preview=(torch.cat(preview_x), torch.cat(preview_r)),
+        preview=(torch.stack(preview_x), torch.stack(preview_r)),
     )
 
 

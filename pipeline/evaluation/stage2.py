@@ -63,7 +63,7 @@ def prior_nll(prior, codes: Tensor | np.ndarray, labels: Tensor | None = None, *
     for s in range(0, codes.shape[0], batch_size):
         c = codes[s : s + batch_size].to(device)
         lab = None if labels is None else labels[s : s + batch_size].to(device)
-        out.append(F.cross_entropy(model(c, lab), c, reduction="none").double().cpu())
+        out.append(F.cross_entropy(model(c, lab), c, reduction="none").cpu().double())
     return torch.cat(out)
 
 

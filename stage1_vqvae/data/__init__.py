@@ -20,11 +20,12 @@ from .build import build_dataset
 from .datasets import ImageDataset
 from .images import _convert_array, convert_image, load_image
 from .module import VQDataModule
+from .preview import balanced_pick
 from .spec import DATA_CHOICES, SPLITS, DataError, DataInfo, parse_data_spec
 from .torchvision_sets import TORCHVISION_SETS
 
 __all__ = [
     "DATA_CHOICES", "SPLITS", "TORCHVISION_SETS", "DataError", "DataInfo", "ImageDataset",
-    "VQDataModule", "_convert_array", "build_dataset", "convert_image", "load_image",
+    "VQDataModule", "_convert_array", "balanced_pick", "build_dataset", "convert_image", "load_image",
     "parse_data_spec",
 ]

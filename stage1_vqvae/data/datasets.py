@@ -50,6 +50,11 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def reads_files(self) -> bool:
+        """True when items are decoded from files as they are read (worth loader workers)."""
+        return self.paths is not None
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         label = int(self.labels[i])
         if self.images is not None:

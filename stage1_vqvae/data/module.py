@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
 from ..runtime.data_order import make_loader
@@ -38,7 +37,7 @@ class VQDataModule(pl.LightningDataModule):
         channels: int = 1,
         image_size: tuple[int, int] = (28, 28),
         batch_size: int = 128,
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
         val_fraction: float = 0.1,
         seed: int = 0,
     ) -> None:
@@ -51,8 +50,10 @@ class VQDataModule(pl.LightningDataModule):
         self.channels = _check_channels(channels)
         self.image_size = _check_image_size(image_size)
         self.batch_size = self._check_batch_size(batch_size)
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise DataError(f"num_workers must be an int >= 0, got {num_workers!r}; pass e.g. 0")
+        if num_workers != "auto" and (isinstance(num_workers, bool)
+                                      or not isinstance(num_workers, int) or num_workers < 0):
+            raise DataError(f"num_workers must be 'auto' or an int >= 0, got {num_workers!r}; "
+                            "pass e.g. auto or 0")
         self.num_workers = num_workers
         self.val_fraction = _check_val_fraction(val_fraction)
         self.seed = int(seed)
@@ -99,8 +100,7 @@ class VQDataModule(pl.LightningDataModule):
         return make_loader(
             self.dataset(split), batch_size=batch_size, seed=self.seed, training=training,
             trainer=trainer, shuffle=shuffle, resume_state=self.resume_state, drop_last=drop_last,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            num_workers=self.num_workers,
         )
 
     def dataloader(

@@ -5,8 +5,9 @@ Each vqgen checkpoint carries ``checkpoint["vqgen"] = {"kind", "version",
 "format_version"}`` so a prior given where a VQ-VAE belongs (or a random file) is named
 as such instead of failing deep inside ``load_state_dict``.
 
-Formats: 1 (vqgen 0.1.0) and 2 (now). A format-1 checkpoint is upgraded on reading by the
-steps in ``MIGRATIONS`` (each names what it changes); weights are then loaded strictly. A
+Formats: 1 (vqgen 0.1.0), 2 (priors lost a dead conv) and 3 (now: the VQ-VAE quantizer's
+``initialized`` buffer became ``kmeans_pending``). An older checkpoint is upgraded on
+reading by the steps in ``MIGRATIONS`` (each names what it changes); weights are then loaded strictly. A
 checkpoint whose weights a migration changed loads for sampling and evaluation but is not
 resumed: its optimizer state still describes the old parameters.
 """
@@ -27,7 +28,7 @@ import torch
 from .errors import MissingInputError, UserError
 
 VQGEN_VERSION = "0.1.0"
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 T = TypeVar("T", bound=torch.nn.Module)
 KIND_HINT = {"vqvae": "--vqvae", "prior": "--prior"}
 
@@ -48,9 +49,20 @@ def _prior_drop_last_h_out(state_dict: dict[str, Any]) -> list[str]:
     return [k for k in dead if state_dict.pop(k, None) is not None]
 
 
+def _vqvae_kmeans_pending(state_dict: dict[str, Any]) -> list[str]:
+    """Format 2 -> 3, VQ-VAEs: the quantizer's buffer ``initialized`` (True once k-means had
+    run, or with k-means off) is ``kmeans_pending`` (True while k-means is still to run),
+    the same fact negated. A buffer, not a weight: the optimizer state still fits, so it
+    returns no changed keys and the run can be resumed."""
+    for key in [k for k in state_dict if k.endswith("quantizer.initialized")]:
+        state_dict[key[: -len("initialized")] + "kmeans_pending"] = ~state_dict.pop(key).bool()
+    return []
+
+
 # (kind, format) -> the step that upgrades a checkpoint of that format by one; a kind with
 # no entry for a format needs no change
-MIGRATIONS: dict[tuple[str, int], Any] = {("prior", 1): _prior_drop_last_h_out}
+MIGRATIONS: dict[tuple[str, int], Any] = {("prior", 1): _prior_drop_last_h_out,
+                                          ("vqvae", 2): _vqvae_kmeans_pending}
 
 
 def migrate_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
