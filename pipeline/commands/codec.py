@@ -135,8 +135,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     ds, names, source = _input_set(args, prior, vqvae)
     if len(ds) == 0:
         raise UsageError(f"{source} holds no images; nothing to compress")
+    from stage1_vqvae.runtime.data_order import resolve_workers
+
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=False,
-                                         num_workers=args.num_workers)
+                                         num_workers=resolve_workers(args.num_workers, ds))
     enc = encode_batches(vqvae, loader)  # an unreadable image stops here, naming the file
     res = compress_codes(prior, vqvae, enc.codes, enc.labels, names=names, source=source,
                          batch_size=args.batch_size, stream=args.stream, label_mode=args.labels)
