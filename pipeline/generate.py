@@ -5,7 +5,6 @@ This is the only module that knows both models.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -17,11 +16,14 @@ import torch
 from stage1_vqvae.lit import LitVQVAE, load_vqvae
 from stage1_vqvae.runtime.checkpoint import file_sha256
 from stage1_vqvae.runtime.errors import MissingInputError, UserError
-from stage1_vqvae.runtime.fsutil import atomic_dir
 from stage1_vqvae.runtime.grid import save_grid, save_png
+from stage1_vqvae.runtime.outputs import owned_output_dir
 from stage2_prior.lit import LitPrior, load_prior
 from stage2_prior.sampling import sample as sample_codes
 from stage2_prior.sampling import validate_sampling_args
+
+SAMPLES_MANIFEST = "samples.json"  # settings + the files sample wrote (the completion marker)
+SAMPLE_FILES = ("grid.png", "codes.npy", "labels.npy", SAMPLES_MANIFEST)
 
 
 class MismatchError(UserError):
@@ -154,7 +156,7 @@ def write_samples(
     image, ``codes.npy`` (uint16/int32), ``labels.npy`` and ``samples.json``, atomically."""
     out = Path(out)
     n = samples.codes.shape[0]
-    with atomic_dir(out) as tmp:
+    with owned_output_dir(out, SAMPLES_MANIFEST, {**settings, "count": n}) as tmp:
         for i in range(n):
             save_png(samples.images[i], tmp / f"{i:06d}.png")
         row_labels = None
@@ -169,5 +171,4 @@ def write_samples(
         np.save(tmp / "codes.npy", samples.codes.numpy().astype(dtype))
         if samples.labels is not None:
             np.save(tmp / "labels.npy", samples.labels.numpy().astype(np.int64))
-        (tmp / "samples.json").write_text(json.dumps({**settings, "count": n}, indent=2) + "\n")
     return out

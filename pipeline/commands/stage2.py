@@ -9,7 +9,7 @@ from pipeline.commands.common import (
     UsageError,
     add_trainer_args,
     add_verb,
-    check_new_dir,
+    claim_out_dir,
     positive_int,
     print_metrics,
     resolve_device,
@@ -98,7 +98,16 @@ def add_sample(subs) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from pipeline.generate import load_pair, make_labels, resolve_class, sample, write_samples
+    from pipeline.generate import (
+        SAMPLE_FILES,
+        SAMPLES_MANIFEST,
+        load_pair,
+        make_labels,
+        resolve_class,
+        sample,
+        write_samples,
+    )
+    from stage1_vqvae.runtime.outputs import check_not_input, numbered_png
 
     if args.num <= 0:
         raise UsageError(f"--num {args.num} must be a positive integer")
@@ -107,9 +116,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.per_class is not None and args.class_ is not None:
         raise UsageError("give --class or --per-class, not both")
     out = Path(args.out)
-    check_new_dir(out, args.overwrite, "files (samples?)")
+    claim_out_dir(out, verb="sample", overwrite=args.overwrite, manifest=SAMPLES_MANIFEST,
+                  writes=lambda n: numbered_png(n) or n in SAMPLE_FILES,
+                  inputs=[("--prior", args.prior), ("--vqvae", args.vqvae)])
     device = resolve_device(args.device)
     prior, vqvae = load_pair(args.prior, args.vqvae, device)
+    check_not_input(out, [("the prior's VQ-VAE", vqvae.checkpoint_path)])
     class_index = resolve_class(prior, args.class_)
     labels = make_labels(prior, args.num, class_index, args.per_class)
     num = args.num if args.per_class is None else int(labels.shape[0])
