@@ -182,8 +182,9 @@ def limit_arg(v: float | None) -> int | float | None:
 def trainer_kwargs(args: argparse.Namespace, max_epochs: int) -> dict:
     """Trainer settings from the flags; refuses settings that would train nothing."""
     if args.max_steps == 0 or args.max_steps < -1:
-        raise UsageError(f"--max-steps {args.max_steps} would train nothing; pass a positive "
-                         "number of steps (or -1, the default, for no limit)")
+        what = "would train nothing" if args.max_steps == 0 else "is not a step count"
+        raise UsageError(f"--max-steps {args.max_steps} {what}; pass a positive number of "
+                         "steps (or -1, the default, for no limit)")
     for flag, v in (("--limit-train-batches", args.limit_train_batches),
                     ("--limit-val-batches", args.limit_val_batches)):
         if v is not None and not 0 < v < float("inf"):
