@@ -350,3 +350,20 @@ def test_unwritable_out_is_found_before_the_work(prior: Path, tmp_path: Path, ca
         rc, _, err = run(capsys, "sample", "--prior", prior, "--device", "cpu",
                          "--out", "/sys/vqgen-out")
         assert_usage_error(rc, err, "sample", "/sys/vqgen-out", "cannot be written")
+
+
+def test_classifier_cache_is_the_users_cache_folder(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    from pipeline.evaluation.classifier import CACHE_ENV, user_cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    if os.name == "posix" and os.uname().sysname == "Linux":
+        assert user_cache_dir() == tmp_path / "xdg" / "vqgen"
+        monkeypatch.delenv("XDG_CACHE_HOME")
+        assert user_cache_dir() == tmp_path / "home" / ".cache" / "vqgen"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+    assert user_cache_dir() == tmp_path / "mine"
+    assert tmp_path / "data" not in user_cache_dir().parents  # never ./data of the cwd

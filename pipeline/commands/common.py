@@ -224,13 +224,6 @@ def check_new_file(path: Path, overwrite: bool, inputs: Sequence[tuple[str, obje
     check_writable(path)
 
 
-def check_new_dir(path: Path, overwrite: bool, what: str) -> None:
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--out {path} is a file, expected a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise UsageError(f"{path} already holds {what}; pass --overwrite or another --out")
-
-
 def claim_out_dir(path: Path, *, verb: str, overwrite: bool, manifest: str,
                   writes: Callable[[str], bool],
                   inputs: Sequence[tuple[str, object]] = ()) -> None:
