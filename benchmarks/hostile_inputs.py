@@ -38,7 +38,7 @@ TINY_PRIOR = ["--hidden", "8", "--num-layers", "2", "--head-hidden", "16", "--ma
 # cases that exhaust memory on a vqgen without the checks (for measuring the old version:
 # pass --skip-dangerous)
 DANGEROUS = ("meta.json num_codes 1e9", "--image-size 100000", "sample --num 1000000000",
-             "checkpoint with num_layers=1000000")
+             "checkpoint with num_layers=1000000", "--kernel-size 10001")
 SKIP_DANGEROUS = "--skip-dangerous" in sys.argv
 
 
@@ -209,6 +209,10 @@ def run_cases(ws: Path) -> dict:
                          "--device", "cpu", "--out", ws / "c99"])
     case("--max-steps -5", ["train-prior", "--codes", vq / "codes", "--out", ws / "ms5",
                             *TINY_PRIOR, "--max-steps", "-5"])
+    case("--num-workers -1", ["train-prior", "--codes", vq / "codes", "--out", ws / "nw",
+                              *TINY_PRIOR, "--num-workers", "-1"])
+    case("--kernel-size 10001", ["train-prior", "--codes", vq / "codes", "--out", ws / "ks",
+                                 *TINY_PRIOR, "--kernel-size", "10001"])
     ro.chmod(0o755)
     # data loss last: on an old vqgen these cases delete the inputs of the others
     unrelated = ws / "u"

@@ -82,6 +82,11 @@ def train_prior(
         dm.resume_state = saved_loader_state(ckpt)
     if ckpt_path is None:
         meta = dm.meta
+        reach = 2 * max(meta["code_shape"]) + 1  # a wider kernel sees nothing more
+        if int(model_args.get("kernel_size", 3)) > reach:
+            raise UserError(f"--kernel-size {model_args['kernel_size']} is wider than the "
+                            f"{meta['code_shape'][0]}x{meta['code_shape'][1]} code grid needs "
+                            f"(at most {reach})")
         lit = LitPrior(
             **model_args, num_codes=int(meta["num_codes"]),
             code_shape=tuple(int(s) for s in meta["code_shape"]),

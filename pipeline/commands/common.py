@@ -146,7 +146,7 @@ def add_data_args(p: argparse.ArgumentParser, default: str | None = "mnist5k") -
     g.add_argument("--val-fraction", type=float, default=None,
                    help="held-out fraction for mnist5k and folders (default 0.1; with --vqvae: "
                    "the checkpoint's)")
-    g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
+    g.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader workers (default 0)")
 
 
 def add_trainer_args(p: argparse.ArgumentParser) -> None:

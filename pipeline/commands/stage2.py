@@ -10,6 +10,7 @@ from pipeline.commands.common import (
     add_trainer_args,
     add_verb,
     claim_out_dir,
+    non_negative_int,
     positive_int,
     print_metrics,
     resolve_device,
@@ -32,7 +33,7 @@ def add_train_prior(subs) -> None:
                    "enables unconditional and guided sampling from one model")
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--batch-size", type=positive_int, default=None)
-    g.add_argument("--num-workers", type=int, default=0)
+    g.add_argument("--num-workers", type=non_negative_int, default=0)
     add_trainer_args(p)
     p.add_argument("--out", default="checkpoints/prior", help="run folder")
     p.set_defaults(func=cmd_train_prior)
