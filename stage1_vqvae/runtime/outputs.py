@@ -147,7 +147,8 @@ def owned_output_dir(out: str | os.PathLike, manifest: str,
                      record: dict | None = None) -> Iterator[Path]:
     """Yield a temp folder beside ``out``; on success its files land in ``out``.
 
-    The caller writes its files into the temp folder (flat, no subfolders); this writes
+    The caller writes its files into the temp folder (a subfolder counts as one entry);
+    this writes
     ``manifest`` = ``record`` + ``{"files": [...]}`` last. A new ``out`` is renamed into
     place whole. An existing one keeps every file the previous manifest does not list;
     the previous outputs are replaced (old manifest removed first, new one written last, a
@@ -172,6 +173,8 @@ def owned_output_dir(out: str | os.PathLike, manifest: str,
         pending.write_text(json.dumps({"files": sorted(old | set(files) | {manifest})}) + "\n")
         (out / manifest).unlink(missing_ok=True)
         for name in files:
+            if (out / name).is_dir() and not (out / name).is_symlink():
+                shutil.rmtree(out / name)  # a previous run's subfolder (owned, claimed)
             os.replace(tmp / name, out / name)
         for name in sorted(old - set(files) - {manifest, pending.name}):
             p = out / name
