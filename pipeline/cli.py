@@ -22,6 +22,14 @@ ADDERS: list[Callable] = [add_train_vqvae, add_encode, add_reconstruct, add_deco
                           add_sample, add_demo, add_evaluate, add_compress, add_decompress]
 
 
+class VerbParser(argparse.ArgumentParser):
+    """A verb's parser: a bad flag value is one line naming the flag (the project's rule for
+    bad input), not argparse's usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vqgen",
@@ -29,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n" + "\n".join(f"  {EXAMPLES[k]}" for k in EXAMPLES if k in _verbs()),
     )
-    subs = parser.add_subparsers(dest="verb", metavar="VERB")
+    subs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=VerbParser)
     subs.required = True
     for add in ADDERS:
         add(subs)

@@ -12,7 +12,7 @@ its own, so a benchmark and the report cannot disagree:
   prior beside the uniform and unigram baselines, and the per-position NLL map;
   :func:`whole_model_bound`: the VQ-VAE paper's bits/dim bound;
 - ``evaluation/classifier.py``: the scoring classifier, :func:`get_classifier` (trained once,
-  cached beside the data);
+  cached in the user's cache folder, :func:`user_cache_dir`);
 - ``evaluation/samples.py``: :func:`reference_metrics` and :func:`sample_metrics`: Fréchet
   distance of classifier features, class accuracy and class entropy of generated samples,
   with real and blurred-real references;
@@ -33,7 +33,7 @@ import torch
 
 from pipeline import metrics as M
 from pipeline.defaults import DEFAULT_NUM_SAMPLES, DEMO_GUIDANCE, DEMO_TEMPERATURE
-from pipeline.evaluation.classifier import CLASSIFIER_CONFIG, get_classifier
+from pipeline.evaluation.classifier import CLASSIFIER_CONFIG, get_classifier, user_cache_dir
 from pipeline.evaluation.data import eval_datasets
 from pipeline.evaluation.samples import even_labels, reference_metrics, sample_metrics
 from pipeline.evaluation.stage1 import SIGMA_GRID, run_stage1, stage1_metrics
@@ -54,15 +54,16 @@ class Notes(list):
 # ----------------------------------------------------------------------------- evaluate
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, expected a folder for the report")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} already holds files; pass --overwrite or another --out")
+REPORT_MANIFEST = "report.json"  # the files evaluate wrote (its --overwrite replaces only these)
 
 
-def _default_cache(data_root: str) -> Path:
-    return Path(data_root) / ".vqgen_cache"
+def _check_out(out: Path, overwrite: bool, inputs: list[tuple[str, object]]) -> None:
+    """The one output policy (stage1_vqvae.runtime.outputs) for a report folder."""
+    from stage1_vqvae.runtime.outputs import claim_output_dir, manifest_files
+
+    owned = manifest_files(out, REPORT_MANIFEST) if out.is_dir() else set()
+    claim_output_dir(out, verb="evaluate", overwrite=overwrite, owned=owned,
+                     writes=lambda n: n.endswith((".png", ".html", ".json")), inputs=inputs)
 
 
 def evaluate(
@@ -98,8 +99,8 @@ def evaluate(
     from pipeline.generate import load_pair
     from pipeline.report import plot_code_histogram, plot_curves, plot_nll_heatmap, write_html
     from stage1_vqvae.lit import load_vqvae
-    from stage1_vqvae.runtime.fsutil import atomic_dir
     from stage1_vqvae.runtime.grid import save_grid
+    from stage1_vqvae.runtime.outputs import owned_output_dir
 
     t_start = time.monotonic()
     timings: dict[str, float] = {}
@@ -110,7 +111,7 @@ def evaluate(
         raise UserError(f"--num-samples {num_samples} must be an integer >= 2")
     if split not in ("train", "val"):
         raise UserError(f"--split {split!r} must be train or val")
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, [("--vqvae", vqvae_path), ("--prior", prior_path)])
     config = dict(classifier_config or CLASSIFIER_CONFIG)
     notes = Notes()
 
@@ -130,7 +131,7 @@ def evaluate(
     train_ds, eval_ds = eval_datasets(lit, data, split=split, data_root=data_root, download=download)
     if split == "train":
         notes.add("evaluating on the training split: these numbers are not held-out")
-    cache_dir = Path(classifier_cache) if classifier_cache else _default_cache(data_root)
+    cache_dir = Path(classifier_cache) if classifier_cache else user_cache_dir()
     info = eval_ds.info
     timings["load"] = time.monotonic() - t0
     settings = {
@@ -153,7 +154,7 @@ def evaluate(
     log(f"evaluate: {len(eval_ds)} {split} images of {data}"
         + (f", {num_samples} samples" if prior is not None else ""))
 
-    with atomic_dir(out) as tmp:
+    with owned_output_dir(out, REPORT_MANIFEST) as tmp:
         images = report["images"]
         # ---- stage one
         t0 = time.monotonic()

@@ -5,7 +5,6 @@ This is the only module that knows both models.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -17,11 +16,14 @@ import torch
 from stage1_vqvae.lit import LitVQVAE, load_vqvae
 from stage1_vqvae.runtime.checkpoint import file_sha256
 from stage1_vqvae.runtime.errors import MissingInputError, UserError
-from stage1_vqvae.runtime.fsutil import atomic_dir
 from stage1_vqvae.runtime.grid import save_grid, save_png
+from stage1_vqvae.runtime.outputs import owned_output_dir
 from stage2_prior.lit import LitPrior, load_prior
 from stage2_prior.sampling import sample as sample_codes
 from stage2_prior.sampling import validate_sampling_args
+
+SAMPLES_MANIFEST = "samples.json"  # settings + the files sample wrote (the completion marker)
+SAMPLE_FILES = ("grid.png", "codes.npy", "labels.npy", SAMPLES_MANIFEST)
 
 
 class MismatchError(UserError):
@@ -46,9 +48,16 @@ def check_compatible(prior: LitPrior, vqvae: LitVQVAE) -> None:
 
 def load_pair(
     prior_path: str | os.PathLike, vqvae_path: str | os.PathLike | None = None,
-    device: str = "cpu",
+    device: str = "cpu", allow_other_vqvae: bool = False,
 ) -> tuple[LitPrior, LitVQVAE]:
-    """Load the prior and its VQ-VAE (recorded in the prior unless ``vqvae_path``)."""
+    """Load the prior and its VQ-VAE (recorded in the prior unless ``vqvae_path``).
+
+    A VQ-VAE whose sha256 differs from the one the prior records is refused, unless it was
+    given explicitly (``vqvae_path``) together with ``allow_other_vqvae``.
+    """
+    if allow_other_vqvae and vqvae_path is None:
+        raise UserError("--allow-other-vqvae needs the VQ-VAE to use, given as --vqvae PATH")
+    explicit = vqvae_path is not None
     prior = load_prior(prior_path, device)
     if vqvae_path is None:
         recorded = prior.hparams.vqvae_checkpoint
@@ -63,9 +72,44 @@ def load_pair(
     check_compatible(prior, vqvae)
     want = prior.hparams.vqvae_sha256
     if want and file_sha256(vqvae_path) != want:
-        print(f"note: {vqvae_path} is not the exact VQ-VAE file the prior's codes were made "
-              "with (sha256 differs); samples may look wrong", file=sys.stderr)
+        # same sizes but other weights: the codes mean other things, samples are noise
+        if not (explicit and allow_other_vqvae):
+            how = ("pass the VQ-VAE the prior was trained with as --vqvae, or add "
+                   "--allow-other-vqvae to decode with this one anyway")
+            raise MismatchError(
+                f"{vqvae_path} is not the VQ-VAE the prior's codes were made with (sha256 "
+                f"{file_sha256(vqvae_path)[:12]}..., the prior records {want[:12]}...); {how}")
+        print(f"note: decoding with {vqvae_path}, not the VQ-VAE the prior's codes were made "
+              "with (--allow-other-vqvae)", file=sys.stderr)
     return prior, vqvae
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(num: int, vqvae: LitVQVAE) -> None:
+    """Refuse a sample count whose results (held in memory until written) cannot fit,
+    naming the memory it would need, before any sampling."""
+    h, w = vqvae.code_shape
+    per = 4 * int(vqvae.hparams.channels) * int(np.prod(vqvae.hparams.image_size)) + 8 * h * w
+    need, have = num * per, available_memory()
+    if have is not None and need > 0.8 * have:
+        raise UserError(f"--num {num} would hold {need / 2**30:.1f} GiB of images in memory, "
+                        f"more than the {have / 2**30:.1f} GiB available; sample at most "
+                        f"{max(1, int(0.8 * have // per))} per run (several --out folders, "
+                        "other --seed)")
 
 
 @dataclass
@@ -97,16 +141,27 @@ def make_labels(prior: LitPrior, num: int, class_index: int | None,
 
 
 def resolve_class(prior: LitPrior, value: str | None) -> int | None:
-    """``--class`` accepts an index or a class name."""
+    """``--class`` value -> class index. A class name always wins (with folders named 1, 2,
+    3, ``--class 1`` is the class named "1"); an index is written ``#N``. A bare number is
+    read as an index only when the prior's classes have no names."""
     if value is None:
         return None
     names = [str(n) for n in prior.hparams.class_names]
-    if value.lstrip("-").isdigit():
-        return int(value)
     if value in names:
         return names.index(value)
-    raise UserError(f"--class {value!r} is neither an index nor a class name "
-                     f"({', '.join(names[:10]) or 'no classes'})")
+    if value.startswith("#") and value[1:].lstrip("-").isdigit():
+        return int(value[1:])
+    if value.lstrip("-").isdigit() and not names:
+        return int(value)
+    k = prior.model.num_classes
+    shown = ", ".join(names[:10]) + ("..." if len(names) > 10 else "") if names else "none"
+    raise UserError(f"--class {value!r} is neither a class name ({shown}) nor an index "
+                    f"(an index is written #N with N in 0..{k - 1}, e.g. --class '#0')")
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image ``index``'s generator: a hash of (seed, index), < 2**63."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
 @torch.inference_mode()
@@ -126,7 +181,9 @@ def sample(
     sampler: str = "cached",
 ) -> Samples:
     """Draw ``num`` code grids from the prior and decode them. Same seed and options ->
-    identical codes and images (on the same device and batch size)."""
+    identical codes and images on the same device, whatever ``batch_size`` (image i is
+    drawn from a generator seeded by (seed, i); the first n images of --num N equal those
+    of --num n)."""
     if num <= 0:
         raise UserError(f"--num {num} must be positive")
     validate_sampling_args(prior.num_codes, temperature, top_k, top_p, guidance)
@@ -134,13 +191,16 @@ def sample(
         raise UserError("--guidance needs a class (--class or --per-class)")
     model = prior.model.to(device).eval()
     dec = vqvae.model.to(device).eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
     out_codes, out_images = [], []
     for s in range(0, num, batch_size):
         n = min(batch_size, num - s)
         lab = None if labels is None else labels[s : s + n].to(device)
+        # image i always draws from its own generator seeded by (seed, i): the same seed
+        # gives the same images whatever the batch size
+        gens = [torch.Generator(device=device).manual_seed(image_seed(seed, s + r))
+                for r in range(n)]
         codes = sample_codes(model, n, labels=lab, temperature=temperature, top_k=top_k, top_p=top_p,
-                             guidance=guidance, generator=gen, sampler=sampler)
+                             guidance=guidance, generator=gens, sampler=sampler)
         out_codes.append(codes.cpu())
         out_images.append(dec.decode_codes(codes).cpu())
     return Samples(torch.cat(out_codes), torch.cat(out_images), labels)
@@ -154,7 +214,7 @@ def write_samples(
     image, ``codes.npy`` (uint16/int32), ``labels.npy`` and ``samples.json``, atomically."""
     out = Path(out)
     n = samples.codes.shape[0]
-    with atomic_dir(out) as tmp:
+    with owned_output_dir(out, SAMPLES_MANIFEST, {**settings, "count": n}) as tmp:
         for i in range(n):
             save_png(samples.images[i], tmp / f"{i:06d}.png")
         row_labels = None
@@ -169,5 +229,4 @@ def write_samples(
         np.save(tmp / "codes.npy", samples.codes.numpy().astype(dtype))
         if samples.labels is not None:
             np.save(tmp / "labels.npy", samples.labels.numpy().astype(np.int64))
-        (tmp / "samples.json").write_text(json.dumps({**settings, "count": n}, indent=2) + "\n")
     return out

@@ -4,17 +4,23 @@ One folder per split::
 
     codes.npy    (N, h, w) uint16 when num_codes <= 65536 (else int32), memory-mappable
     labels.npy   (N,) int64, only when the data has classes
+    index.npy    (N,) int64, each row's position in the full source (dataset index; for
+                 image folders the position in the sorted file list)
+    paths.json   {"root": folder, "paths": [relative file path of each row]}, image folders only
     meta.json    format_version, num_codes, code_shape, count, num_classes, class_names,
                  vqvae_checkpoint, vqvae_sha256, source
 
-numpy + json only, so stage two can import this cheaply. ``meta.json`` is written last
-and every file goes through a temp file + rename: a folder with a ``meta.json`` is whole.
+numpy + json only, so stage two can import this cheaply. The folder is built beside its
+target and swapped into place with ``meta.json`` written last: a folder with a
+``meta.json`` is whole, and a previous whole folder stays whole until then. The reader
+checks every meta.json value's type and range and names the file when something is off.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +28,18 @@ from typing import Any
 import numpy as np
 
 from .runtime.errors import MissingInputError, UserError
+from .runtime.fsutil import replace_dir
 
 FORMAT_VERSION = 1
 META = "meta.json"
 CODES = "codes.npy"
 LABELS = "labels.npy"
+INDEX = "index.npy"  # (N,) int64: each row's position in the full source (dataset index)
+PATHS = "paths.json"  # {"root", "paths"}: each row's image file, relative (image folders)
+OWN_FILES = (META, CODES, LABELS, INDEX, PATHS)
 _REQUIRED_KEYS = ("format_version", "num_codes", "code_shape", "count", "num_classes")
+MAX_NUM_CODES = 1 << 20  # the prior's embedding and logits grow with K: beyond this, refused
+MAX_CODE_SIDE = 1024
 
 
 class CodeMapError(UserError):
@@ -49,7 +61,7 @@ def is_unfinished_code_map_folder(path: str | os.PathLike) -> bool:
     if not path.is_dir() or (path / META).exists():
         return False
     names = [p.name for p in path.iterdir()]
-    return all(n in (CODES, LABELS) or (n.startswith(".") and ".tmp" in n) for n in names)
+    return all(n in OWN_FILES or (n.startswith(".") and ".tmp" in n) for n in names)
 
 
 def _fsync_write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -68,13 +80,19 @@ class CodeMapWriter:
     Usage::
 
         with CodeMapWriter(folder, count=N, code_shape=(h, w), num_codes=K,
-                           has_labels=True, meta={...}) as w:
+                           has_labels=True, meta={...}, index=idx, paths=rel) as w:
             for codes, labels in batches:
                 w.write(codes, labels)
 
-    Nothing in the folder looks complete until ``close`` renames the arrays into place
-    and writes ``meta.json`` last. A pre-existing ``meta.json`` is removed first, so an
-    interrupted re-run never leaves old metadata beside new codes.
+    Everything is written into a hidden staging folder beside ``folder``
+    (``.NAME.partial``); ``close`` writes ``meta.json`` there last and then swaps the
+    staging folder onto ``folder`` (:func:`~.runtime.fsutil.replace_dir`). So a previous
+    complete split stays readable until the new one is whole, and a killed writer leaves
+    only the hidden staging folder (removed by the next writer of the same folder).
+
+    ``index`` int (N,): each row's position in the full source (dataset index); ``paths``:
+    each row's file path relative to the source folder (image folders). Both land beside
+    the codes (``index.npy``, ``paths.json``) so every row can be traced to its image.
     """
 
     def __init__(
@@ -87,31 +105,52 @@ class CodeMapWriter:
         has_labels: bool,
         meta: dict[str, Any] | None = None,
         attach: bool = False,
+        index: np.ndarray | None = None,
+        paths: list[str] | None = None,
+        root: str | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.count, self.code_shape, self.num_codes = count, tuple(code_shape), num_codes
         self.has_labels = has_labels
         self.meta = dict(meta or {})
+        self.index = None if index is None else np.asarray(index, dtype=np.int64)
+        self.paths, self.root = (None if paths is None else [str(p) for p in paths]), root
+        if self.index is not None and self.index.shape != (count,):
+            raise CodeMapError(f"index has shape {self.index.shape}, expected ({count},)")
+        if self.paths is not None and len(self.paths) != count:
+            raise CodeMapError(f"{len(self.paths)} paths for {count} rows")
         self._pos = 0
-        self._tmp_codes = self.folder / f".{CODES}.tmp"
-        self._tmp_labels = self.folder / f".{LABELS}.tmp"
-        # attach=True: another process (DDP rank 0) created the temp arrays; this one only
-        # fills rows with write_at and never commits
+        self.staging = staging_folder(self.folder)
+        # attach=True: another process (DDP rank 0) created the staging arrays; this one
+        # only fills rows with write_at and never commits
         self._attached = attach
-        self._created = False if attach else not self.folder.exists()
         if not attach:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / META).unlink(missing_ok=True)
+            self._check_replaceable()
+            if self.staging.exists():  # a killed writer's leftovers
+                shutil.rmtree(self.staging)
+            self.staging.mkdir(parents=True)
         mode = "r+" if attach else "w+"
         self._codes = np.lib.format.open_memmap(
-            self._tmp_codes, mode=mode, dtype=code_dtype(num_codes), shape=(count, *code_shape)
+            self.staging / CODES, mode=mode, dtype=code_dtype(num_codes),
+            shape=(count, *code_shape)
         )
         self._labels = (
-            np.lib.format.open_memmap(self._tmp_labels, mode=mode, dtype=np.int64, shape=(count,))
+            np.lib.format.open_memmap(self.staging / LABELS, mode=mode, dtype=np.int64,
+                                      shape=(count,))
             if has_labels
             else None
         )
         self._closed = False
+
+    def _check_replaceable(self) -> None:
+        """Only a code-map folder (whole or unfinished) or an empty one is ever replaced."""
+        f = self.folder
+        if f.exists() and not f.is_dir():
+            raise CodeMapError(f"{f} is a file, expected a code-map folder")
+        if f.is_dir() and not (is_code_map_folder(f) or is_unfinished_code_map_folder(f)):
+            other = sorted(p.name for p in f.iterdir() if p.name not in OWN_FILES)
+            raise CodeMapError(f"{f} holds {other[0] if other else 'other files'}, not code "
+                               "maps; write the code maps to another folder")
 
     def write(self, codes: np.ndarray, labels: np.ndarray | None = None) -> None:
         """Append a batch: codes integer (B, h, w) in [0, num_codes), labels (B,)."""
@@ -159,21 +198,23 @@ class CodeMapWriter:
         self._pos = int(rows)
 
     def close(self) -> None:
-        """Flush, rename the arrays into place, then write meta.json (the commit point)."""
+        """Flush the arrays, write the row sources and meta.json (last) in the staging
+        folder, then swap it onto ``folder`` (the commit point)."""
         if self._closed:
             return
         if self._pos != self.count:
             raise CodeMapError(f"wrote {self._pos} rows, declared {self.count}")
-        for arr, tmp, name in ((self._codes, self._tmp_codes, CODES),
-                               (self._labels, self._tmp_labels, LABELS)):
+        for arr, name in ((self._codes, CODES), (self._labels, LABELS)):
             if arr is None:
-                (self.folder / name).unlink(missing_ok=True)
                 continue
             arr.flush()
-            with open(tmp, "rb+") as f:
+            with open(self.staging / name, "rb+") as f:
                 os.fsync(f.fileno())
-            os.replace(tmp, self.folder / name)
         self._codes = self._labels = None
+        index = np.arange(self.count, dtype=np.int64) if self.index is None else self.index
+        np.save(self.staging / INDEX, index)
+        if self.paths is not None:
+            _fsync_write_json(self.staging / PATHS, {"root": self.root, "paths": self.paths})
         meta = {
             **self.meta,
             "format_version": FORMAT_VERSION,
@@ -183,22 +224,15 @@ class CodeMapWriter:
         }
         meta.setdefault("num_classes", 0)
         meta.setdefault("class_names", [])
-        _fsync_write_json(self.folder / META, meta)
+        _fsync_write_json(self.staging / META, meta)
+        replace_dir(self.staging, self.folder)
         self._closed = True
 
     def abort(self) -> None:
-        """Drop the temp files (after an error); the folder keeps no meta.json."""
+        """Drop the staging folder (after an error); ``folder`` is left as it was."""
         self._codes = self._labels = None
-        if self._attached:  # the creating process owns the files
-            self._closed = True
-            return
-        self._tmp_codes.unlink(missing_ok=True)
-        self._tmp_labels.unlink(missing_ok=True)
-        if self._created:
-            try:
-                self.folder.rmdir()  # only when empty
-            except OSError:
-                pass
+        if not self._attached:  # the creating process owns the files
+            shutil.rmtree(self.staging, ignore_errors=True)
         self._closed = True
 
     def __enter__(self) -> CodeMapWriter:
@@ -213,6 +247,13 @@ class CodeMapWriter:
                 raise
         else:
             self.abort()
+
+
+def staging_folder(folder: str | os.PathLike) -> Path:
+    """Where :class:`CodeMapWriter` builds ``folder`` before swapping it into place (the
+    same name on every DDP rank)."""
+    folder = Path(folder)
+    return folder.with_name(f".{folder.name}.partial")
 
 
 def write_code_maps(
@@ -241,6 +282,21 @@ class CodeMaps:
     codes: np.ndarray
     labels: np.ndarray | None
     meta: dict[str, Any]
+    index: np.ndarray | None = None  # (N,) int64 source position of each row, when recorded
+
+    def paths(self) -> list[str] | None:
+        """Each row's image file relative to ``meta["source"]``'s folder (``paths.json``),
+        or None when the source was not an image folder."""
+        p = self.folder / PATHS
+        if not p.is_file():
+            return None
+        try:
+            paths = json.loads(p.read_text())["paths"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CodeMapError(f"{p} is not readable ({e}); re-run `vqgen encode`") from e
+        if not isinstance(paths, list) or len(paths) != len(self):
+            raise CodeMapError(f"{p} does not list one path per row ({len(self)})")
+        return paths
 
     @property
     def num_codes(self) -> int:
@@ -277,12 +333,46 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in _REQUIRED_KEYS if k not in meta]
     if missing:
         raise CodeMapError(f"{path} lacks {', '.join(missing)}; re-run `vqgen encode`")
-    if int(meta["format_version"]) > FORMAT_VERSION:
+    _check_meta(meta, path)
+    return meta
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_meta(meta: dict[str, Any], path: Path) -> None:
+    """Types and ranges of every value the readers use; one line naming the key."""
+    def bad(key: str, expected: str) -> CodeMapError:
+        return CodeMapError(f"{path}: {key} is {meta.get(key)!r}, expected {expected}; "
+                            "re-run `vqgen encode` (the file was edited or damaged)")
+
+    if not _is_int(meta["format_version"]) or meta["format_version"] < 1:
+        raise bad("format_version", "an integer >= 1")
+    if meta["format_version"] > FORMAT_VERSION:
         raise CodeMapError(
             f"{path} has format_version {meta['format_version']}, newer than this vqgen reads "
             f"({FORMAT_VERSION}); upgrade vqgen"
         )
-    return meta
+    if not _is_int(meta["num_codes"]) or not 1 <= meta["num_codes"] <= MAX_NUM_CODES:
+        raise bad("num_codes", f"an integer in [1, {MAX_NUM_CODES}]")
+    shape = meta["code_shape"]
+    if (not isinstance(shape, list) or len(shape) != 2
+            or not all(_is_int(v) and 1 <= v <= MAX_CODE_SIDE for v in shape)):
+        raise bad("code_shape", f"[h, w] with integers in [1, {MAX_CODE_SIDE}]")
+    if not _is_int(meta["count"]) or meta["count"] < 0:
+        raise bad("count", "an integer >= 0")
+    if not _is_int(meta["num_classes"]) or meta["num_classes"] < 0:
+        raise bad("num_classes", "an integer >= 0")
+    names = meta.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise bad("class_names", "a list of strings")
+    if names and len(names) != meta["num_classes"]:
+        raise CodeMapError(f"{path}: num_classes is {meta['num_classes']} but class_names has "
+                           f"{len(names)} names; they must agree (re-run `vqgen encode`)")
+    for key in ("vqvae_checkpoint", "vqvae_sha256", "source"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise bad(key, "a string or null")
 
 
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:
@@ -325,9 +415,9 @@ def read_code_maps(folder: str | os.PathLike, *, mmap: bool = True) -> CodeMaps:
     """Open and validate a code-map folder written by :class:`CodeMapWriter`."""
     folder = Path(folder)
     meta = read_meta(folder)
-    num_codes = int(meta["num_codes"])
-    code_shape = tuple(int(s) for s in meta["code_shape"])
-    count = int(meta["count"])
+    num_codes = meta["num_codes"]
+    code_shape = tuple(meta["code_shape"])
+    count = meta["count"]
     codes = _load_npy(folder / CODES, mmap)
     if codes.dtype != code_dtype(num_codes):
         raise CodeMapError(
@@ -347,7 +437,13 @@ def read_code_maps(folder: str | os.PathLike, *, mmap: bool = True) -> CodeMaps:
             )
         if count and (labels.min() < 0 or labels.max() >= num_classes):
             raise CodeMapError(f"{folder / LABELS} holds labels outside [0, {num_classes})")
-    return CodeMaps(folder, codes, labels, meta)
+    index = None
+    if (folder / INDEX).exists():  # absent in folders written before vqgen recorded sources
+        index = _load_npy(folder / INDEX, mmap)
+        if index.shape != (count,) or not np.issubdtype(index.dtype, np.integer):
+            raise CodeMapError(f"{folder / INDEX} has shape {index.shape} {index.dtype}, "
+                               f"expected ({count},) int64")
+    return CodeMaps(folder, codes, labels, meta, index)
 
 
 def load_codes_file(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any] | None]:

@@ -50,12 +50,25 @@ def encode_dataset(
     desc = f"encode {Path(out_folder).name}"
     with CodeMapWriter(
         out_folder, count=n, code_shape=model.code_shape, num_codes=model.num_codes,
-        has_labels=has_labels, meta=meta,
+        has_labels=has_labels, meta=meta, **row_sources(dataset),
     ) as writer:
         for images, labels in progress(loader, total=len(loader), desc=desc):
             codes = model.encode(images.to(device)).cpu().numpy()
             writer.write(codes, np.asarray(labels, dtype=np.int64) if has_labels else None)
     return Path(out_folder)
+
+
+def row_sources(dataset: Dataset) -> dict:
+    """Where each row comes from, for :class:`CodeMapWriter`: ``index`` (the dataset's
+    positions in its full source, when it records them) and, for image folders, each file's
+    path relative to the folder (``paths``, ``root``)."""
+    index = getattr(dataset, "indices", None)
+    paths = getattr(dataset, "paths", None)
+    root = getattr(dataset, "root", None)
+    rel = None
+    if paths is not None and root is not None:
+        rel = [Path(os.path.relpath(p, root)).as_posix() for p in paths]
+    return dict(index=index, paths=rel, root=None if root is None else str(root))
 
 
 def _meta(model, num_classes: int, class_names, source: str, checkpoint_path,
@@ -196,6 +209,7 @@ def encode_dataset_distributed(
         count=n, code_shape=model.code_shape, num_codes=model.num_codes,
         has_labels=num_classes > 0,
         meta=_meta(model, num_classes, class_names, source, checkpoint_path, checkpoint_sha256),
+        **row_sources(dataset),
     )
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,

@@ -19,10 +19,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data.preview import balanced_pick
+from .data.spec import MAX_IMAGE_SIDE
 from .metrics import perplexity, psnr_from_mse
 from .model import VQVAE
 from .quantizer import code_counts
-from .runtime.checkpoint import checkpoint_stamp, migrate_checkpoint, rebuild_module
+from .runtime.checkpoint import (
+    checkpoint_stamp,
+    classes_problem,
+    dim,
+    hparams_mismatch,
+    is_int,
+    migrate_checkpoint,
+    rebuild_module,
+)
 from .runtime.trainer import warmup_cosine
 
 PRESETS: dict[str, dict[str, object]] = {
@@ -192,8 +201,38 @@ class LitVQVAE(pl.LightningModule):
             migrate_checkpoint(checkpoint)
 
 
+def _vqvae_hparams_problem(hp: dict, state: dict) -> str | None:
+    """What is wrong with a checkpoint's VQ-VAE hyper-parameters given its weights (checked
+    before building): sizes must match the weights' shapes, the rest be in range."""
+    enc = [k for k in state if k.startswith("model.encoder.net.")]
+    res = {k.split(".")[3] for k in enc if ".body." in k}
+    down = [k for k in enc if k.endswith(".weight") and ".body." not in k
+            and isinstance(state[k], torch.Tensor) and tuple(state[k].shape[2:]) == (4, 4)]
+    implied = {
+        "num_codes": (dim(state, "model.quantizer.codebook", 0), "model.quantizer.codebook"),
+        "code_dim": (dim(state, "model.quantizer.codebook", 1), "model.quantizer.codebook"),
+        "channels": (dim(state, "model.encoder.net.0.weight", 1), "model.encoder.net.0"),
+        "hidden": (dim(state, "model.decoder.net.0.weight", 0), "model.decoder.net.0"),
+        "num_res": (len(res), "the encoder's residual blocks"),
+        "downsample": (2 ** len(down), "the encoder's strided convolutions"),
+    }
+    why = hparams_mismatch(hp, implied)
+    if why:
+        return why
+    size = hp.get("image_size")
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in size)):
+        return f"hyper-parameter image_size={size!r} is not two sizes in [1, {MAX_IMAGE_SIDE}]"
+    if size[0] % hp["downsample"] or size[1] % hp["downsample"]:
+        return f"image_size {size} is not divisible by downsample {hp['downsample']}"
+    return classes_problem(hp)
+
+
 def load_vqvae(path: str | os.PathLike, map_location: str | torch.device = "cpu",
               checkpoint: dict | None = None) -> LitVQVAE:
     """Rebuild a trained :class:`LitVQVAE` (eval mode) from its checkpoint alone (``checkpoint``:
     the dict already read from ``path``, if the caller has it)."""
     return rebuild_module(LitVQVAE, path, "vqvae", map_location, checkpoint)
+
+
+LitVQVAE.hparams_problem = staticmethod(_vqvae_hparams_problem)

@@ -15,7 +15,7 @@ from .encode import encode_dataset
 from .lit import LitVQVAE, load_vqvae
 from .runtime.checkpoint import file_sha256, read_checkpoint
 from .runtime.data_order import saved_loader_state
-from .runtime.errors import UserError
+from .runtime.outputs import claim_output_dir
 from .runtime.run_dir import prepare_run_dir, remove_run_files
 from .runtime.trainer import make_trainer, quiet_lightning
 
@@ -74,7 +74,10 @@ def train_vqvae(
     quiet_lightning()
     out = Path(out_dir)
     existed = out.exists()
-    ckpt_path = prepare_run_dir(out, resume=resume, overwrite=overwrite, verb="train-vqvae")
+    data = str(data_args.get("data", ""))
+    inputs = [("--data", data[len("folder:"):])] if data.startswith("folder:") else []
+    ckpt_path = prepare_run_dir(out, resume=resume, overwrite=overwrite, verb="train-vqvae",
+                                inputs=inputs)
     if ckpt_path is not None:
         # load_vqvae returns eval mode; Lightning keeps module modes as they are, and the
         # quantizer only updates its EMA codebook / restarts dead codes in train mode
@@ -125,19 +128,14 @@ def train_vqvae(
                        trainer.is_global_zero)
 
 
-def check_code_output(out: Path, overwrite: bool) -> None:
-    """An encode ``--out`` may be new, empty, or hold only code-map folders (re-encoded in
-    place, atomically); anything else needs ``--overwrite``."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise UserError(f"--out {out} is a file, expected a folder for code maps")
-    # finished code maps, and ones a killed encode left unfinished, are ours to rewrite
-    foreign = [p.name for p in out.iterdir()
-               if not (p.is_dir() and (is_code_map_folder(p) or is_unfinished_code_map_folder(p)))
-               and not p.name.startswith(".")]
-    if foreign and not overwrite:
-        raise UserError(
-            f"--out {out} exists and is not a code-map folder (holds {', '.join(sorted(foreign)[:3])}); "
-            "pass --overwrite or another --out"
-        )
+def check_code_output(out: Path, overwrite: bool, splits: tuple[str, ...] | list[str] = SPLITS,
+                      inputs: tuple[tuple[str, object], ...] | list = ()) -> None:
+    """The output policy for an encode ``--out``: code-map folders (whole, or left unfinished
+    by an older vqgen) are encode's own; replacing them needs ``--overwrite``, which never
+    touches anything else; a split name held by something else is refused."""
+    owned = set()
+    if out.is_dir():
+        owned = {p.name for p in out.iterdir()
+                 if p.is_dir() and (is_code_map_folder(p) or is_unfinished_code_map_folder(p))}
+    claim_output_dir(out, verb="encode", overwrite=overwrite, owned=owned,
+                     writes=lambda n: n in splits, inputs=inputs)

@@ -97,6 +97,9 @@ def open_code_splits(codes_dir: str | os.PathLike) -> dict[str, CodeMaps]:
             )
     if len(maps["train"]) == 0:
         raise CodeMapError(f"{root}/train holds no code maps")
+    if len(maps["val"]) == 0:
+        raise CodeMapError(f"{root}/val holds no code maps, so the prior could not be validated "
+                           "(no val/nll, no best.ckpt); re-encode with images in the val split")
     return maps
 
 

@@ -15,7 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stage1_vqvae.runtime.checkpoint import checkpoint_stamp, rebuild_module
+from stage1_vqvae.codes import MAX_CODE_SIDE
+from stage1_vqvae.runtime.checkpoint import (
+    checkpoint_stamp,
+    classes_problem,
+    dim,
+    hparams_mismatch,
+    is_int,
+    rebuild_module,
+)
 from stage1_vqvae.runtime.errors import UserError
 from stage1_vqvae.runtime.trainer import warmup_cosine
 
@@ -114,8 +122,37 @@ class LitPrior(pl.LightningModule):
         checkpoint["vqgen"] = checkpoint_stamp("prior")
 
 
+def _prior_hparams_problem(hp: dict, state: dict) -> str | None:
+    """What is wrong with a checkpoint's prior hyper-parameters given its weights (checked
+    before building): sizes must match the weights' shapes, the rest be in range."""
+    blocks = {k.split(".")[2] for k in state if k.startswith("model.blocks.")}
+    implied = {
+        "num_codes": (dim(state, "model.embed.weight", 0), "model.embed"),
+        "hidden": (dim(state, "model.embed.weight", 1), "model.embed"),
+        "num_layers": (len(blocks), "the gated blocks"),
+        "kernel_size": (dim(state, "model.blocks.0.v_conv.conv.weight", 3),
+                        "model.blocks.0.v_conv"),
+        "head_hidden": (dim(state, "model.head.1.weight", 0), "model.head.1"),
+    }
+    k = hp.get("num_classes")
+    if is_int(k) and k > 0:
+        rows = dim(state, "model.class_embed.0.weight", 0)
+        implied["num_classes"] = (None if rows is None else rows - 1, "model.class_embed")
+    why = hparams_mismatch(hp, implied)
+    if why:
+        return why
+    shape = hp.get("code_shape")
+    if (not isinstance(shape, (list, tuple)) or len(shape) != 2
+            or not all(is_int(v) and 1 <= v <= MAX_CODE_SIDE for v in shape)):
+        return f"hyper-parameter code_shape={shape!r} is not two sizes in [1, {MAX_CODE_SIDE}]"
+    return classes_problem(hp)
+
+
 def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu",
               checkpoint: dict | None = None) -> LitPrior:
     """Rebuild a trained :class:`LitPrior` (eval mode) from its checkpoint alone (``checkpoint``:
     the dict already read from ``path``, if the caller has it)."""
     return rebuild_module(LitPrior, path, "prior", map_location, checkpoint)
+
+
+LitPrior.hparams_problem = staticmethod(_prior_hparams_problem)

@@ -98,11 +98,29 @@ def guide(cond: Tensor, uncond: Tensor, guidance: float) -> Tensor:
 
 
 def draw(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
-         generator: torch.Generator | None) -> Tensor:
-    """One code per row from (guided) logits (B, K): filter, softmax in float32, then one
-    ``torch.multinomial(probs, 1, generator)`` -> int64 (B,)."""
+         generator: torch.Generator | None, uniform: Tensor | None = None) -> Tensor:
+    """One code per row from (guided) logits (B, K): filter, softmax in float32, then either
+    one ``torch.multinomial(probs, 1, generator)`` or, given ``uniform`` float (B,) in
+    [0, 1) (one number per row, from that row's own generator), the inverse CDF: the first
+    code whose cumulative probability exceeds ``uniform``. -> int64 (B,).
+
+    The inverse CDF makes a row's draw depend on that row alone, so samples do not change
+    with the batch they are drawn in."""
     probs = filter_logits(logits, temperature, top_k, top_p).float().softmax(dim=1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    if uniform is None:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    cdf = probs.cumsum(dim=1)
+    target = (uniform.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1)
+    # right=True skips codes of probability 0 (a flat cdf step), even at uniform 0
+    idx = torch.searchsorted(cdf.contiguous(), target, right=True).squeeze(1)
+    return idx.clamp_(max=probs.shape[1] - 1)
+
+
+def row_uniforms(generators: list[torch.Generator], positions: int,
+                 device: torch.device) -> Tensor:
+    """float32 (len(generators), positions) in [0, 1): row r's numbers from generator r
+    alone, one per grid position, drawn up front (no generator calls per position)."""
+    return torch.stack([torch.rand(positions, generator=g, device=device) for g in generators])
 
 
 def prepare_sampling(
@@ -113,7 +131,7 @@ def prepare_sampling(
     top_k: int | None = None,
     top_p: float | None = None,
     guidance: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     prefix: Tensor | None = None,
     known: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor, Tensor]:
@@ -132,9 +150,13 @@ def prepare_sampling(
         raise UserError(f"guidance={guidance} needs labels (classifier-free guidance "
                         "mixes conditional and unconditional logits); pass labels")
     device = model.device
-    if generator is not None and generator.device.type != device.type:
-        raise UserError(f"generator is on {generator.device} but the model is on "
-                        f"{device}; make the generator on the model's device")
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    if isinstance(generator, (list, tuple)) and len(generator) != num:
+        raise UserError(f"{len(generator)} generators for num={num} rows; pass one per row")
+    for g in gens:
+        if g is not None and g.device.type != device.type:
+            raise UserError(f"generator is on {g.device} but the model is on "
+                            f"{device}; make the generator on the model's device")
     h, w = model.code_shape
     if prefix is None and known is None:
         return (label_ids, torch.zeros(num, h, w, dtype=torch.long, device=device),
@@ -177,7 +199,7 @@ def sample_prepared(
     top_k: int | None = None,
     top_p: float | None = None,
     guidance: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     on_logits: LogitsHook | None = None,
     sampler: str = "cached",
 ) -> Tensor:
@@ -190,6 +212,10 @@ def sample_prepared(
     drawn position.
     """
     num, h, w = codes.shape
+    uniforms = None
+    if isinstance(generator, (list, tuple)):  # one generator per row: batch-independent
+        uniforms = row_uniforms(list(generator), h * w, codes.device)
+        generator = None
     guided = label_ids is not None and guidance != 1
     net_labels = _network_labels(model, label_ids, guided)
     # positions drawn (not known in every row), decided up front: no per-position sync
@@ -204,8 +230,9 @@ def sample_prepared(
             logits = guide(*logits.chunk(2), guidance)
         if on_logits is not None:
             on_logits(i, j, logits)
+        u = None if uniforms is None else uniforms[:, i * w + j]
         codes[:, i, j] = torch.where(known[:, i, j], codes[:, i, j],
-                                     draw(logits, temperature, top_k, top_p, generator))
+                                     draw(logits, temperature, top_k, top_p, generator, u))
 
     if sampler == "naive":
         for i in range(h):
@@ -241,7 +268,7 @@ def sample(
     top_k: int | None = None,
     top_p: float | None = None,
     guidance: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     prefix: Tensor | None = None,
     known: Tensor | None = None,
     sampler: str = "cached",
@@ -252,7 +279,9 @@ def sample(
 
     labels int (num,) in [0, num_classes) or None (unconditional: the null class).
     guidance != 1 needs labels. ``generator`` must live on the model's device; the same
-    seed gives the same grids, with either sampler. Completion: ``prefix`` int (num, h, w)
+    seed gives the same grids, with either sampler. A list of ``num`` generators (one per
+    row) draws row r from generator r alone (inverse CDF), so a row's grid does not depend
+    on the other rows drawn with it (batch size). Completion: ``prefix`` int (num, h, w)
     with ``known`` bool (h, w) or (num, h, w); where known is True the prefix code is kept.
     ``on_logits(i, j, logits)`` sees the guided logits (num, K) before filtering.
     """

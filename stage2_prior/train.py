@@ -9,8 +9,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from stage1_vqvae.codes import read_meta
 from stage1_vqvae.runtime.checkpoint import read_checkpoint
 from stage1_vqvae.runtime.data_order import saved_loader_state
+from stage1_vqvae.runtime.errors import UserError
 from stage1_vqvae.runtime.run_dir import prepare_run_dir
 from stage1_vqvae.runtime.trainer import make_trainer, quiet_lightning
 
@@ -22,6 +24,19 @@ PRIOR_DEFAULTS: dict[str, Any] = dict(
     hidden=48, num_layers=8, kernel_size=3, head_hidden=96, cond_drop=0.1, lr=3e-3,
     batch_size=64, max_epochs=9,
 )
+
+
+def _inputs(codes_dir: str | os.PathLike) -> list[tuple[str, object]]:
+    """The codes and the VQ-VAE they record: a run folder may hold neither (its
+    ``--overwrite`` would delete them)."""
+    inputs: list[tuple[str, object]] = [("--codes", codes_dir)]
+    try:
+        recorded = read_meta(Path(codes_dir) / "train").get("vqvae_checkpoint")
+    except UserError:
+        recorded = None  # the data module names what is wrong with the codes
+    if recorded:
+        inputs.append(("the codes' VQ-VAE", recorded))
+    return inputs
 
 
 @dataclass
@@ -52,7 +67,8 @@ def train_prior(
     """
     quiet_lightning()
     out = Path(out_dir)
-    ckpt_path = prepare_run_dir(out, resume=resume, overwrite=overwrite, verb="train-prior")
+    ckpt_path = prepare_run_dir(out, resume=resume, overwrite=overwrite, verb="train-prior",
+                                inputs=[] if resume else _inputs(codes_dir))
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path, "prior")  # read once: the model and the loader position
         # load_prior returns eval mode; Lightning keeps module modes as they are
@@ -66,6 +82,11 @@ def train_prior(
         dm.resume_state = saved_loader_state(ckpt)
     if ckpt_path is None:
         meta = dm.meta
+        reach = 2 * max(meta["code_shape"]) + 1  # a wider kernel sees nothing more
+        if int(model_args.get("kernel_size", 3)) > reach:
+            raise UserError(f"--kernel-size {model_args['kernel_size']} is wider than the "
+                            f"{meta['code_shape'][0]}x{meta['code_shape'][1]} code grid needs "
+                            f"(at most {reach})")
         lit = LitPrior(
             **model_args, num_codes=int(meta["num_codes"]),
             code_shape=tuple(int(s) for s in meta["code_shape"]),

@@ -189,7 +189,7 @@ def test_decode_writes_pngs_and_a_grid(tiny_vqvae_run: Path, tmp_path: Path, cap
                      codes_dir, "--limit", "7", "--batch-size", "3", "--device", "cpu",
                      "--out", out)
     assert rc == 0, err
-    assert tree(out) == [f"{i:06d}.png" for i in range(7)] + ["grid.png"]
+    assert tree(out) == [f"{i:06d}.png" for i in range(7)] + ["decoded.json", "grid.png"]
     lit = load_vqvae(tiny_vqvae_run / "last.ckpt")
     codes = torch.from_numpy(np.asarray(read_code_maps(codes_dir).codes[:7]).astype(np.int64))
     expect = to_uint8(lit.model.decode_codes(codes))
@@ -204,7 +204,7 @@ def test_decode_a_bare_npy(tiny_vqvae_run: Path, tmp_path: Path, capsys):
     rc, _, err = run(capsys, "decode", "--vqvae", tiny_vqvae_run / "last.ckpt", "--codes",
                      tmp_path / "one.npy", "--device", "cpu", "--out", tmp_path / "d")
     assert rc == 0, err
-    assert tree(tmp_path / "d") == ["000000.png", "grid.png"]
+    assert tree(tmp_path / "d") == ["000000.png", "decoded.json", "grid.png"]
 
 
 # ---------------------------------------------------------------------- resume
@@ -485,9 +485,11 @@ def test_decode_refuses_a_nonempty_out(tiny_vqvae_run: Path, tmp_path: Path, cap
     rc, _, err = run(capsys, *argv)
     assert_usage_error(rc, err, "decode", "--overwrite")
     assert tree(out) == ["mine.txt"]
+    # --overwrite writes decode's files beside it and keeps mine.txt byte-identical
     rc, _, err = run(capsys, *argv, "--overwrite")
     assert rc == 0, err
-    assert tree(out) == ["000000.png", "000001.png", "grid.png"]
+    assert tree(out) == ["000000.png", "000001.png", "decoded.json", "grid.png", "mine.txt"]
+    assert (out / "mine.txt").read_text() == "keep"
 
 
 def test_encode_out_that_is_not_a_code_map_folder(tiny_vqvae_run: Path, tmp_path: Path, capsys):
@@ -497,7 +499,7 @@ def test_encode_out_that_is_not_a_code_map_folder(tiny_vqvae_run: Path, tmp_path
     argv = ["encode", "--vqvae", tiny_vqvae_run / "last.ckpt", "--splits", "val", "--device",
             "cpu", "--out", out]
     rc, _, err = run(capsys, *argv)
-    assert_usage_error(rc, err, "encode", "not a code-map folder", "--overwrite")
+    assert_usage_error(rc, err, "encode", "thesis.tex", "did not write", "--overwrite")
     assert tree(out) == ["thesis.tex"]
     # a plain file as --out
     rc, _, err = run(capsys, "encode", "--vqvae", tiny_vqvae_run / "last.ckpt", "--device", "cpu",

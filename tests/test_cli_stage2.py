@@ -234,10 +234,15 @@ def test_vqvae_comes_from_the_prior_and_vqvae_overrides(prior_ckpt: Path, tiny_v
                               else v) for k, v in ckpt["state_dict"].items()}
     other = tmp_path / "changed.ckpt"
     torch.save(ckpt, other)
+    # not the VQ-VAE the codes came from: refused, unless the user says they mean it
     rc, _, err = run(capsys, *sample_argv(prior_ckpt, tmp_path / "over", "--num", "3",
                                           "--vqvae", other))
+    assert_usage_error(rc, err, "sample", "sha256", "--allow-other-vqvae")
+    assert not (tmp_path / "over").exists()
+    rc, _, err = run(capsys, *sample_argv(prior_ckpt, tmp_path / "over", "--num", "3",
+                                          "--vqvae", other, "--allow-other-vqvae"))
     assert rc == 0
-    assert "sha256" in err  # the note that this is not the file the codes came from
+    assert "--allow-other-vqvae" in err  # the note that this is not the codes' VQ-VAE
     over = read_samples(tmp_path / "over")
     assert over[2]["vqvae"] == str(other)
     np.testing.assert_array_equal(over[0], found[0])

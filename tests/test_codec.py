@@ -326,6 +326,7 @@ def test_cli_existing_outputs_are_refused_unless_overwrite(tiny_prior_run, val_f
     rc, _, err = run(capsys, "decompress", val_file, "--out", out, "--overwrite")
     assert rc == 0, err
     assert (out / "codes.npy").is_file()
+    assert (out / "mine.txt").read_text() == "x"  # --overwrite replaces only its own files
 
 
 def test_decompress_never_leaves_a_partial_folder(val_file, tmp_path, capsys, monkeypatch):

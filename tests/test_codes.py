@@ -75,7 +75,7 @@ def test_round_trip(tmp_path: Path, num_classes: int):
     raw = np.load(tmp_path / "m" / "codes.npy", allow_pickle=False)
     assert raw.dtype == np.uint16 and raw.shape == (10, 3, 4)
     assert json.loads((tmp_path / "m" / "meta.json").read_text())["num_codes"] == 20
-    files = ["codes.npy", "meta.json"] + (["labels.npy"] if num_classes else [])
+    files = ["codes.npy", "index.npy", "meta.json"] + (["labels.npy"] if num_classes else [])
     assert visible(tmp_path / "m") == sorted(files)
 
 
@@ -103,7 +103,8 @@ def test_streaming_writer_writes_batches_in_order(tmp_path: Path):
     w.close()
     maps = read_code_maps(folder)
     assert np.array_equal(maps.codes, codes) and np.array_equal(maps.labels, labels)
-    assert visible(folder) == ["codes.npy", "labels.npy", "meta.json"]  # no temp files left
+    assert visible(folder) == ["codes.npy", "index.npy", "labels.npy", "meta.json"]  # no temps
+    assert visible(tmp_path) == ["s"]  # nor a staging folder beside it
 
 
 def test_writer_refuses_bad_batches(tmp_path: Path):
@@ -141,16 +142,17 @@ def test_exception_inside_with_leaves_nothing_that_looks_whole(tmp_path: Path):
     assert visible(folder) == []
 
 
-def test_interrupted_rewrite_of_a_whole_folder_drops_its_meta(tmp_path: Path):
+def test_interrupted_rewrite_of_a_whole_folder_keeps_the_old_one(tmp_path: Path):
     folder = write_sample(tmp_path / "old")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
     with pytest.raises(KeyboardInterrupt):
         with CodeMapWriter(folder, count=10, code_shape=(3, 4), num_codes=20, has_labels=True) as w:
             w.write(np.zeros((3, 3, 4), int), np.zeros(3, int))
             raise KeyboardInterrupt
-    # old arrays may remain, but without meta.json nothing reads them as whole
-    assert not is_code_map_folder(folder)
-    with pytest.raises(CodeMapError, match="no meta.json"):
-        read_code_maps(folder)
+    # the new split was built beside the old one, which stays whole and untouched
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert len(read_code_maps(folder)) == 10
+    assert visible(tmp_path) == ["old"]
 
 
 def test_too_few_rows_fails_on_close_and_leaves_no_temp_files(tmp_path: Path):
@@ -335,11 +337,11 @@ def test_encode_reruns_are_byte_identical(tiny_vqvae_run: Path, tmp_path: Path, 
         assert a.read_bytes() == b.read_bytes(), name
         # ... and equal to the dump written at the end of training (other batch size)
         assert a.read_bytes() == (tiny_vqvae_run / "codes" / "val" / name).read_bytes(), name
-    # re-encoding in place keeps the bytes too
+    # re-encoding in place (--overwrite: it replaces encode's own split) keeps the bytes too
     rc = main(["encode", "--vqvae", ckpt, "--splits", "val", "--device", "cpu",
-               "--out", str(outs[0])])
+               "--out", str(outs[0]), "--overwrite"])
     assert rc == 0
     a, b = (o / "val" / "codes.npy" for o in outs)
     assert a.read_bytes() == b.read_bytes()
     assert visible(outs[0]) == ["val"]
-    assert visible(outs[0] / "val") == ["codes.npy", "labels.npy", "meta.json"]
+    assert visible(outs[0] / "val") == ["codes.npy", "index.npy", "labels.npy", "meta.json"]

@@ -112,10 +112,11 @@ def test_ddp_encode_equals_single_process(ddp_vqvae, tmp_path: Path):
     stdout = _ok(vqgen("encode", "--vqvae", ckpt, "--out", two, "--splits", "val",
                        "--batch-size", "50", "--accelerator", "cpu", "--devices", "2"))
     assert stdout.count("codes val:") == 1, stdout
-    for name in ("codes.npy", "labels.npy", "meta.json"):
+    for name in ("codes.npy", "labels.npy", "index.npy", "meta.json"):
         assert (one / "val" / name).read_bytes() == (two / "val" / name).read_bytes(), name
-    assert sorted(p.name for p in (two / "val").iterdir()) == ["codes.npy", "labels.npy",
-                                                               "meta.json"]
+    assert sorted(p.name for p in (two / "val").iterdir()) == ["codes.npy", "index.npy",
+                                                               "labels.npy", "meta.json"]
+    assert sorted(p.name for p in two.iterdir()) == ["val"]  # no staging folder left
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

@@ -181,14 +181,15 @@ def test_sigkill_encode_leaves_nothing_that_looks_complete(tiny_vqvae_run: Path,
             "--splits", "train", "--batch-size", "8"]
     proc = start(*argv, log=tmp_path / "kill.log")
     try:
-        wait_for(lambda: (out / "train" / ".codes.npy.tmp").exists(), proc,
+        wait_for(lambda: (out / ".train.partial" / "codes.npy").exists(), proc,
                  what="encode to start writing", log=tmp_path / "kill.log")
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert not (out / "train" / "meta.json").exists()  # not a code-map folder
-    with pytest.raises(Exception, match="meta.json"):
+    # the split was being built in a hidden staging folder: nothing at out/train at all
+    assert not (out / "train").exists()
+    with pytest.raises(Exception, match="does not exist"):
         read_code_maps(out / "train")
     # the same command finishes the job, with no --overwrite needed
     again = vqgen(*argv)
@@ -199,8 +200,9 @@ def test_sigkill_encode_leaves_nothing_that_looks_complete(tiny_vqvae_run: Path,
     # the training-time dump used batches of 512: float rounding in the kernels may flip a
     # near-tie between two codes (7 of 220,500 when measured), nothing more
     assert (maps.codes != ref.codes).mean() < 1e-3
-    assert sorted(p.name for p in (out / "train").iterdir()) == ["codes.npy", "labels.npy",
-                                                                 "meta.json"]
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["codes.npy", "index.npy",
+                                                                 "labels.npy", "meta.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["train"]  # the staging folder is gone
 
 
 def test_sigkill_sample_leaves_no_output(tiny_vqvae_run: Path, tmp_path: Path):

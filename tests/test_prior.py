@@ -282,10 +282,15 @@ def test_make_labels():
 def test_resolve_class_by_index_or_name():
     prior = tiny_prior(num_classes=3, class_names=("cat", "dog", "eel"))
     assert resolve_class(prior, None) is None
-    assert resolve_class(prior, "1") == 1
+    assert resolve_class(prior, "#1") == 1  # an index is written #N
     assert resolve_class(prior, "eel") == 2
     with pytest.raises(ValueError, match="cow"):
         resolve_class(prior, "cow")
+    with pytest.raises(ValueError, match="#N"):  # a bare number is not a name here
+        resolve_class(prior, "1")
+    # classes named by numbers: the name wins over the index
+    numbered = tiny_prior(num_classes=3, class_names=("1", "2", "3"))
+    assert resolve_class(numbered, "1") == 0 and resolve_class(numbered, "#1") == 1
 
 
 # ---------------------------------------------------------------------- Python API (README)

@@ -10,7 +10,7 @@ from pipeline.commands.common import (
     UsageError,
     add_data_args,
     add_verb,
-    check_new_dir,
+    claim_out_dir,
     dataset_for,
     positive_int,
     resolve_device,
@@ -191,19 +191,22 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from pipeline.codec import decode_codes, decode_images, open_vqz, output_names
     from pipeline.generate import check_compatible
     from stage1_vqvae.lit import load_vqvae
-    from stage1_vqvae.runtime.fsutil import atomic_dir
     from stage1_vqvae.runtime.grid import save_png
+    from stage1_vqvae.runtime.outputs import owned_output_dir
     from stage2_prior.lit import load_prior
 
     src, out = Path(args.file), Path(args.out)
     if not src.is_file():
         raise MissingInputError(f"{src} does not exist (or is not a file); pass a .vqz file")
-    check_new_dir(out, args.overwrite, "files")
-    if out.exists() and out.resolve() in src.resolve().parents:
-        raise UsageError(f"--out {out} holds the input {src}; write elsewhere")
     data = src.read_bytes()
     header, _ = open_vqz(data, str(src))  # whole file checked before any model is loaded
     pngs = output_names(header.names)
+    # the one output policy: a file in --out that decompress did not write is kept, and
+    # refused if it bears a name decompress is about to write
+    planned = {Path(n).parts[0] for n in pngs} | {"codes.npy", "labels.npy", "decoded.json"}
+    claim_out_dir(out, verb="decompress", overwrite=args.overwrite, manifest="decoded.json",
+                  writes=lambda n: n in planned,
+                  inputs=[("the input", src), ("--prior", args.prior), ("--vqvae", args.vqvae)])
     device = resolve_device(args.device or header.device_type)
     prior = load_prior(_checkpoint(args.prior, header.prior_path, "prior", "--prior", src),
                        device)
@@ -212,7 +215,12 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     check_compatible(prior, vqvae)
     dec = decode_codes(data, prior, vqvae, str(src))
     images = decode_images(vqvae, dec.codes, header.batch_size)
-    with atomic_dir(out) as tmp:
+    info = {"source": header.source, "count": header.count, "names": header.names,
+            "prior": header.prior_path, "prior_sha256": header.prior_sha256,
+            "vqvae": header.vqvae_path, "vqvae_sha256": header.vqvae_sha256,
+            "class_names": [str(c) for c in prior.hparams.class_names],
+            "vqz": str(src.resolve())}
+    with owned_output_dir(out, "decoded.json", info) as tmp:
         for name, img in zip(pngs, images, strict=True):
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             save_png(img, tmp / name)
@@ -220,12 +228,6 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         np.save(tmp / "codes.npy", dec.codes.numpy().astype(dtype))
         if bool((dec.labels >= 0).any()):
             np.save(tmp / "labels.npy", dec.labels.numpy())
-        info = {"source": header.source, "count": header.count, "names": header.names,
-                "prior": header.prior_path, "prior_sha256": header.prior_sha256,
-                "vqvae": header.vqvae_path, "vqvae_sha256": header.vqvae_sha256,
-                "class_names": [str(c) for c in prior.hparams.class_names],
-                "vqz": str(src.resolve())}
-        (tmp / "decoded.json").write_text(json.dumps(info, indent=1) + "\n")
     print(f"{out}: {header.count} images decoded from {src} ({len(data):,} bytes), "
           f"codes.npy" + (", labels.npy" if bool((dec.labels >= 0).any()) else ""))
     return 0

@@ -6,7 +6,7 @@ No torch at import time: building the parser must stay fast (``vqgen --help``).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.defaults import EXAMPLES
@@ -77,15 +77,66 @@ def add_workers_arg(g) -> None:
     g.add_argument("--num-workers", type=workers_arg, default="auto", help=WORKERS_HELP)
 
 
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
+    return v
+
+
+def unit_float(text: str) -> float:
+    """A number in [0, 1] (a decay or a probability)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1]") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1]")
+    return v
+
+
+MAX_SEED = 2**32 - 1  # what every seeded library here accepts (Lightning's seed_everything)
+
+
+def seed_arg(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer seed") from None
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} must be in [0, {MAX_SEED}] (2**32 - 1)")
+    return v
+
+
 def devices_arg(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when available, else mps, else cpu."""
+    """``auto`` -> cuda when available, else mps, else cpu. Any other value must name a
+    device this machine has (``cpu``, ``cuda``, ``cuda:N``, ``mps``), else UsageError."""
     import torch
 
     if device != "auto":
+        try:
+            d = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device {device!r} is not a device; expected auto, cpu, cuda, "
+                             "cuda:N or mps") from None
+        mps = getattr(torch.backends, "mps", None)
+        if d.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: this machine has no CUDA device torch can use; "
+                             "pass --device cpu (or auto)")
+        if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
+                             f"device(s) here (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        if d.type == "mps" and not (mps and mps.is_available()):
+            raise UsageError(f"--device {device}: MPS is not available here; pass --device cpu")
+        if d.type not in ("cpu", "cuda", "mps"):
+            raise UsageError(f"--device {device!r}: vqgen runs on cpu, cuda or mps")
         return device
     if torch.cuda.is_available():
         return "cuda"
@@ -120,14 +171,15 @@ def add_trainer_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--max-epochs", type=positive_int, default=None,
                    help="epochs (default: from the preset)")
-    g.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps")
+    g.add_argument("--max-steps", type=int, default=-1,
+                   help="stop after this many steps (default -1: no limit)")
     g.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS or N seconds")
     g.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, mps (default auto)")
     g.add_argument("--devices", type=devices_arg, default="auto", help="device count or ids")
     g.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
     g.add_argument("--num-nodes", type=positive_int, default=1)
     g.add_argument("--precision", default="32-true", help="e.g. 32-true, 16-mixed, bf16-mixed")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=seed_arg, default=0)
     g.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     g.add_argument("--limit-train-batches", type=float, default=None,
@@ -158,6 +210,18 @@ def check_precision(value: str) -> str:
 
 
 def trainer_kwargs(args: argparse.Namespace, max_epochs: int) -> dict:
+    """Trainer settings from the flags; refuses settings that would train nothing."""
+    if args.max_steps == 0 or args.max_steps < -1:
+        what = "would train nothing" if args.max_steps == 0 else "is not a step count"
+        raise UsageError(f"--max-steps {args.max_steps} {what}; pass a positive number of "
+                         "steps (or -1, the default, for no limit)")
+    for flag, v in (("--limit-train-batches", args.limit_train_batches),
+                    ("--limit-val-batches", args.limit_val_batches)):
+        if v is not None and not 0 < v < float("inf"):
+            raise UsageError(f"{flag} {v:g} would {'train' if 'train' in flag else 'validate'} "
+                             "on nothing; pass a batch count >= 1 or a fraction in (0, 1]")
+        if v is not None and v > 1 and v != int(v):
+            raise UsageError(f"{flag} {v:g}: pass a whole batch count >= 1 or a fraction in (0, 1]")
     check_precision(args.precision)
     return dict(
         max_epochs=args.max_epochs or max_epochs, max_steps=args.max_steps,
@@ -176,20 +240,39 @@ def print_metrics(metrics: dict[str, float], keys: Sequence[str]) -> None:
         print("final: " + ", ".join(shown))
 
 
-def check_new_file(path: Path, overwrite: bool) -> None:
+def check_new_file(path: Path, overwrite: bool, inputs: Sequence[tuple[str, object]] = ()) -> None:
+    """A single output file (``--out x.png``): never an input, writable, and an existing one
+    only with ``--overwrite`` (the file is the verb's whole output)."""
+    from stage1_vqvae.runtime.outputs import check_not_input, check_writable
+
     if path.is_dir():
         raise UsageError(f"--out {path} is a folder, expected a .png file path")
-    if path.exists() and not overwrite:
-        raise UsageError(f"{path} exists; pass --overwrite to replace it")
     if path.suffix.lower() != ".png":
         raise UsageError(f"--out {path}: expected a .png file name")
+    check_not_input(path, inputs)
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    check_writable(path)
 
 
-def check_new_dir(path: Path, overwrite: bool, what: str) -> None:
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--out {path} is a file, expected a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise UsageError(f"{path} already holds {what}; pass --overwrite or another --out")
+def claim_out_dir(path: Path, *, verb: str, overwrite: bool, manifest: str,
+                  writes: Callable[[str], bool],
+                  inputs: Sequence[tuple[str, object]] = ()) -> None:
+    """The one output-folder policy (see :mod:`stage1_vqvae.runtime.outputs`) for a verb
+    whose files are listed in ``path/manifest``."""
+    from stage1_vqvae.runtime.outputs import claim_output_dir, manifest_files
+
+    owned = manifest_files(path, manifest) if path.is_dir() else set()
+    claim_output_dir(path, verb=verb, overwrite=overwrite, owned=owned, writes=writes,
+                     inputs=inputs)
+
+
+def data_inputs(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """The input folder behind ``--data folder:PATH`` (an --out may not lie in it)."""
+    data = getattr(args, "data", None)
+    if isinstance(data, str) and data.startswith("folder:") and data[len("folder:"):].strip():
+        return [("--data", data[len("folder:"):])]
+    return []
 
 
 def dataset_for(lit, args: argparse.Namespace, split: str):

@@ -7,6 +7,7 @@ import argparse
 from pipeline.commands.common import (
     add_verb,
     positive_int,
+    seed_arg,
 )
 
 
@@ -21,7 +22,7 @@ def add_demo(subs) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.set_defaults(func=cmd_demo)
 
 

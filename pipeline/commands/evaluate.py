@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands.common import UsageError, add_verb, check_new_dir, positive_int, resolve_device
+from pipeline.commands.common import UsageError, add_verb, positive_int, resolve_device, seed_arg
 from pipeline.defaults import DEFAULT_NUM_SAMPLES, DEMO_GUIDANCE, DEMO_TEMPERATURE
 from pipeline.formatting import format_number
 
@@ -39,13 +39,15 @@ def add_evaluate(subs) -> None:
                    f"{DEMO_GUIDANCE:g}, as the demo; unconditional samples use 1)")
     s.add_argument("--temperature", type=float, default=DEMO_TEMPERATURE,
                    help=f"sampling temperature (default {DEMO_TEMPERATURE:g}, as the demo)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_arg, default=0)
     s.add_argument("--classifier-cache", default=None,
-                   help="folder of the cached scoring classifier (default DATA_ROOT/.vqgen_cache)")
+                   help="folder of the cached scoring classifier (default: $VQGEN_CACHE_DIR, "
+                   "else the user's cache folder, e.g. ~/.cache/vqgen)")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     p.add_argument("--out", required=True, help="report folder (metrics.json, index.html, PNGs)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous report in --out (only the files evaluate wrote)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -58,7 +60,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.num_samples < 2:
         raise UsageError(f"--num-samples {args.num_samples} must be at least 2")
     out = Path(args.out)
-    check_new_dir(out, args.overwrite, "files (a report?)")
     report = evaluate(
         args.vqvae, args.prior, args.data, out, num_samples=args.num_samples, seed=args.seed,
         split=args.split, guidance=args.guidance, temperature=args.temperature,

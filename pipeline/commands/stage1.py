@@ -10,15 +10,19 @@ from pipeline.commands.common import (
     add_data_args,
     add_trainer_args,
     add_verb,
-    check_new_dir,
     check_new_file,
+    claim_out_dir,
+    data_inputs,
     dataset_for,
     devices_arg,
     image_size_arg,
+    non_negative_float,
+    non_negative_int,
     positive_int,
     print_metrics,
     resolve_device,
     trainer_kwargs,
+    unit_float,
 )
 
 
@@ -36,14 +40,15 @@ def add_train_vqvae(subs) -> None:
     g.add_argument("--code-dim", type=positive_int, default=None)
     g.add_argument("--hidden", type=positive_int, default=None)
     g.add_argument("--res-hidden", type=positive_int, default=None)
-    g.add_argument("--num-res", type=int, default=None)
-    g.add_argument("--beta", type=float, default=None, help="commitment weight (default 0.25)")
+    g.add_argument("--num-res", type=non_negative_int, default=None)
+    g.add_argument("--beta", type=non_negative_float, default=None,
+                   help="commitment weight, >= 0 (default 0.25)")
     g.add_argument("--no-ema", action="store_true", help="learn the codebook by gradient, not EMA")
-    g.add_argument("--decay", type=float, default=None, help="EMA decay (default 0.99)")
+    g.add_argument("--decay", type=unit_float, default=None, help="EMA decay in [0, 1] (default 0.99)")
     g.add_argument("--no-kmeans-init", action="store_true")
-    g.add_argument("--dead-after", type=int, default=None,
+    g.add_argument("--dead-after", type=non_negative_int, default=None,
                    help="restart codes unused this many steps (default 50; 0 = never)")
-    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--lr", type=non_negative_float, default=None)
     g.add_argument("--batch-size", type=positive_int, default=None)
     add_trainer_args(p)
     p.add_argument("--no-codes", action="store_true", help="skip writing code maps after training")
@@ -55,6 +60,7 @@ def add_train_vqvae(subs) -> None:
 def vqvae_config(args: argparse.Namespace) -> tuple[dict, dict, int]:
     """(model_args, data_args, max_epochs) from the preset plus explicit overrides."""
     from stage1_vqvae.data import parse_data_spec
+    from stage1_vqvae.data.spec import MAX_IMAGE_SIDE
     from stage1_vqvae.lit import DEFAULT_PRESET, PRESETS
     from stage1_vqvae.model import check_downsample
 
@@ -68,6 +74,10 @@ def vqvae_config(args: argparse.Namespace) -> tuple[dict, dict, int]:
         preset["ema"] = False
     if args.no_kmeans_init:
         preset["kmeans_init"] = False
+    h, w = preset["image_size"]
+    if max(h, w) > MAX_IMAGE_SIDE:
+        raise UsageError(f"--image-size {h}x{w} is larger than vqgen trains on (sides up to "
+                         f"{MAX_IMAGE_SIDE}); pass a smaller size, e.g. 64")
     check_downsample(tuple(preset["image_size"]), preset["downsample"])  # before any data
     data_args = dict(
         data=args.data, data_root=args.data_root, download=args.download,
@@ -135,7 +145,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if bad or not splits:
         raise UsageError(f"--splits {args.splits!r}: expected a comma list of {', '.join(SPLITS)}")
     out = Path(args.out)
-    check_code_output(out, args.overwrite)
+    check_code_output(out, args.overwrite, splits, inputs=data_inputs(args) + [("--vqvae", args.vqvae)])
     lit = load_vqvae(args.vqvae)
     device = resolve_device(args.device)
     datasets = {s: dataset_for(lit, args, s) for s in splits}  # fail before writing anything
@@ -189,7 +199,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from stage1_vqvae.runtime.grid import save_grid
 
     out = Path(args.out)
-    check_new_file(out, args.overwrite)
+    check_new_file(out, args.overwrite, inputs=data_inputs(args) + [("--vqvae", args.vqvae)])
     lit = load_vqvae(args.vqvae)
     device = resolve_device(args.device)
     ds = dataset_for(lit, args, args.split)
@@ -211,6 +221,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+DECODE_MANIFEST = "decoded.json"  # what decode wrote (its --overwrite replaces only these)
+
+
 def add_decode(subs) -> None:
     p = add_verb(subs, "decode", "Decode a code-map folder (or .npy of codes) into PNG images.")
     p.add_argument("--vqvae", required=True)
@@ -229,13 +242,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     from stage1_vqvae.codes import load_codes_file, validate_codes
     from stage1_vqvae.lit import load_vqvae
-    from stage1_vqvae.runtime.fsutil import atomic_dir
     from stage1_vqvae.runtime.grid import save_grid, save_png
+    from stage1_vqvae.runtime.outputs import numbered_png, owned_output_dir
 
     out = Path(args.out)
-    check_new_dir(out, args.overwrite, "files")
+    claim_out_dir(out, verb="decode", overwrite=args.overwrite, manifest=DECODE_MANIFEST,
+                  writes=lambda n: numbered_png(n) or n in ("grid.png", DECODE_MANIFEST),
+                  inputs=[("--vqvae", args.vqvae), ("--codes", args.codes)])
     lit = load_vqvae(args.vqvae)
     codes, meta = load_codes_file(args.codes)
+    if codes.shape[0] == 0:
+        raise UsageError(f"--codes {args.codes} holds no code maps (0 rows); nothing to decode")
     if args.limit:
         codes = codes[: args.limit]
     validate_codes(codes, lit.num_codes, lit.code_shape, str(args.codes))
@@ -245,7 +262,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = lit.model.to(device)
     n = codes.shape[0]
-    with atomic_dir(out) as tmp:
+    record = dict(vqvae=str(args.vqvae), codes=str(args.codes), count=n)
+    with owned_output_dir(out, DECODE_MANIFEST, record) as tmp:
         preview = []
         for s in range(0, n, args.batch_size):
             batch = torch.from_numpy(np.asarray(codes[s : s + args.batch_size]).astype(np.int64))
@@ -255,5 +273,5 @@ def cmd_decode(args: argparse.Namespace) -> int:
             if len(preview) < 64:
                 preview.extend(images[: 64 - len(preview)])
         save_grid(torch.stack(preview), tmp / "grid.png", nrow=8)
-    print(f"{out}: {n} images ({n} x {out}/NNNNNN.png) and {out}/grid.png")
+    print(f"{out}: {n} images ({n} x {out}/NNNNNN.png), {out}/grid.png, {out}/{DECODE_MANIFEST}")
     return 0

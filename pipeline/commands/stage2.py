@@ -10,10 +10,11 @@ from pipeline.commands.common import (
     add_trainer_args,
     add_verb,
     add_workers_arg,
-    check_new_dir,
+    claim_out_dir,
     positive_int,
     print_metrics,
     resolve_device,
+    seed_arg,
     trainer_kwargs,
 )
 
@@ -78,8 +79,14 @@ def add_sample(subs) -> None:
     p.add_argument("--prior", required=True, help="prior checkpoint (.ckpt)")
     p.add_argument("--vqvae", default=None,
                    help="VQ-VAE checkpoint (default: the one recorded in the prior)")
-    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--class", dest="class_", default=None, help="class index or name")
+    p.add_argument("--allow-other-vqvae", dest="allow_other_vqvae",
+                   action="store_true",
+                   help="decode with the --vqvae given even though it is not the file the "
+                   "prior's codes were made with (sha256 differs)")
+    p.add_argument("--num", type=int, default=None, help="number of samples (default 64)")
+    p.add_argument("--class", dest="class_", default=None,
+                   help="class name, or index as #N (a name wins: --class 1 is the class "
+                   "named 1)")
     p.add_argument("--per-class", type=int, default=None,
                    help="N samples of every class, one row per class")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -87,7 +94,8 @@ def add_sample(subs) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale (1 = none; needs a class)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="same seed, same samples, whatever --batch-size (default 0)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--sampler", choices=["cached", "naive"], default="cached",
@@ -99,21 +107,39 @@ def add_sample(subs) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from pipeline.generate import load_pair, make_labels, resolve_class, sample, write_samples
+    from pipeline.generate import (
+        SAMPLE_FILES,
+        SAMPLES_MANIFEST,
+        check_memory,
+        load_pair,
+        make_labels,
+        resolve_class,
+        sample,
+        write_samples,
+    )
+    from stage1_vqvae.runtime.outputs import check_not_input, numbered_png
 
-    if args.num <= 0:
+    if args.num is not None and args.num <= 0:
         raise UsageError(f"--num {args.num} must be a positive integer")
     if args.per_class is not None and args.per_class <= 0:
         raise UsageError(f"--per-class {args.per_class} must be a positive integer")
     if args.per_class is not None and args.class_ is not None:
         raise UsageError("give --class or --per-class, not both")
+    if args.per_class is not None and args.num is not None:
+        raise UsageError(f"give --num or --per-class, not both (--per-class {args.per_class} "
+                         "makes per_class x num_classes samples)")
+    num = 64 if args.num is None else args.num
     out = Path(args.out)
-    check_new_dir(out, args.overwrite, "files (samples?)")
+    claim_out_dir(out, verb="sample", overwrite=args.overwrite, manifest=SAMPLES_MANIFEST,
+                  writes=lambda n: numbered_png(n) or n in SAMPLE_FILES,
+                  inputs=[("--prior", args.prior), ("--vqvae", args.vqvae)])
     device = resolve_device(args.device)
-    prior, vqvae = load_pair(args.prior, args.vqvae, device)
+    prior, vqvae = load_pair(args.prior, args.vqvae, device, args.allow_other_vqvae)
+    check_not_input(out, [("the prior's VQ-VAE", vqvae.checkpoint_path)])
     class_index = resolve_class(prior, args.class_)
-    labels = make_labels(prior, args.num, class_index, args.per_class)
-    num = args.num if args.per_class is None else int(labels.shape[0])
+    labels = make_labels(prior, num, class_index, args.per_class)
+    num = num if args.per_class is None else int(labels.shape[0])
+    check_memory(num, vqvae)
     res = sample(prior, vqvae, num, labels=labels, temperature=args.temperature,
                  top_k=args.top_k, top_p=args.top_p, guidance=args.guidance, seed=args.seed,
                  batch_size=args.batch_size, device=device, sampler=args.sampler)

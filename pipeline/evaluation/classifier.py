@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,25 @@ from torch import Tensor, nn
 
 from pipeline.evaluation.data import load_images
 from stage1_vqvae.runtime.errors import UserError
+
+CACHE_ENV = "VQGEN_CACHE_DIR"  # overrides the user's cache folder
+
+
+def user_cache_dir() -> Path:
+    """Where vqgen caches what it can rebuild (the scoring classifier): ``$VQGEN_CACHE_DIR``,
+    else the platform's per-user cache folder (``$XDG_CACHE_HOME/vqgen`` or
+    ``~/.cache/vqgen`` on Linux, ``~/Library/Caches/vqgen`` on macOS,
+    ``%LOCALAPPDATA%/vqgen/Cache`` on Windows). Never the current directory."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Caches" / "vqgen"
+    if os.name == "nt":
+        return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "vqgen" / "Cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".cache") / "vqgen"
+
 
 # Part of the classifier's cache key: change any value and a new classifier is trained.
 CLASSIFIER_CONFIG: dict[str, Any] = dict(

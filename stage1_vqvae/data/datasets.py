@@ -23,7 +23,7 @@ class ImageDataset(Dataset):
     Either in memory (``images`` uint8 (N, C, H, W), converted once) or lazy over
     ``paths`` (each file read and converted per item). ``indices`` gives each item's
     position in the full source (npz row, torchvision index, or sorted file list), so
-    splits can be checked and items traced back.
+    splits can be checked and items traced back; ``root`` is the folder of ``paths``.
     """
 
     def __init__(
@@ -34,12 +34,14 @@ class ImageDataset(Dataset):
         images: torch.Tensor | None = None,
         paths: Sequence[Path] | None = None,
         indices: np.ndarray | None = None,
+        root: Path | None = None,
     ) -> None:
         assert (images is None) != (paths is None), "give exactly one of images / paths"
         self.info = info
         self.labels = np.asarray(labels, dtype=np.int64)
         self.images = images
         self.paths = tuple(paths) if paths is not None else None
+        self.root = root  # the folder ``paths`` are relative to (image folders)
         n = len(images) if images is not None else len(self.paths)  # type: ignore[arg-type]
         assert len(self.labels) == n, (len(self.labels), n)
         if images is not None:

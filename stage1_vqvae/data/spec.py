@@ -19,6 +19,7 @@ class DataError(UserError):
 
 DATA_CHOICES = ("mnist5k", "mnist", "fashion-mnist", "cifar10", "folder:PATH")
 SPLITS = ("train", "val")
+MAX_IMAGE_SIDE = 4096  # larger images make every batch of activations many GB: refused
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ def _check_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
             f"image_size must be two positive ints (H, W), got {image_size!r}; "
             "pass e.g. (28, 28)"
         )
+    if max(h, w) > MAX_IMAGE_SIDE:
+        raise DataError(f"image_size {h}x{w} is larger than vqgen handles (sides up to "
+                        f"{MAX_IMAGE_SIDE}); pass a smaller size, e.g. (64, 64)")
     return int(h), int(w)
 
 

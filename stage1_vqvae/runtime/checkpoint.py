@@ -15,6 +15,7 @@ resumed: its optimizer state still describes the old parameters.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import pickle
 import re
@@ -151,6 +152,40 @@ def read_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     return migrate_checkpoint(ckpt)
 
 
+def is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def dim(state: dict, key: str, d: int) -> int | None:
+    """Size of dimension ``d`` of weight ``key`` in a state dict, or None when absent."""
+    w = state.get(key)
+    return int(w.shape[d]) if isinstance(w, torch.Tensor) and w.dim() > d else None
+
+
+def hparams_mismatch(hp: dict, implied: dict[str, tuple[int | None, str]]) -> str | None:
+    """The first hyper-parameter that is not an int or disagrees with what the weights
+    imply, as a phrase, else None. implied: {name: (value the weights say, which weights)}."""
+    for name, (want, source) in implied.items():
+        value = hp.get(name)
+        if not is_int(value):
+            return f"hyper-parameter {name}={value!r} is not an integer"
+        if want is None:
+            return f"weights {source} are missing or malformed"
+        if value != want:
+            return f"hyper-parameter {name}={value} does not match its weights ({source} say {want})"
+    return None
+
+
+def classes_problem(hp: dict) -> str | None:
+    """num_classes an int >= 0 and class_names empty or one name per class, else a phrase."""
+    k, names = hp.get("num_classes"), hp.get("class_names")
+    if not is_int(k) or k < 0:
+        return f"hyper-parameter num_classes={k!r} is not an integer >= 0"
+    if not isinstance(names, (list, tuple)) or (names and len(names) != k):
+        return f"class_names ({names!r:.60}) do not list num_classes={k} names"
+    return None
+
+
 def _starts_with(path: Path, magic: bytes) -> bool:
     with open(path, "rb") as f:
         return f.read(len(magic)) == magic
@@ -170,8 +205,22 @@ def rebuild_module(cls: type[T], path: str | os.PathLike, kind: str,
     its weights strictly, and return it in eval mode on ``map_location``. ``checkpoint``: the
     dict :func:`read_checkpoint` already returned for ``path`` (saves reading it again)."""
     ckpt = checkpoint if checkpoint is not None else read_checkpoint(path, kind)
+    hparams = ckpt.get("hyper_parameters", {})
+    state = ckpt["state_dict"]
+    if not isinstance(hparams, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{path}: hyper_parameters and state_dict must be mappings; "
+                              "the file is damaged or from another vqgen version")
+    # check the stored sizes against the weights before building anything: a hostile or
+    # damaged file (num_layers=1000000) must not allocate layer after layer
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    problem = getattr(cls, "hparams_problem", None)
+    why = problem({**defaults, **hparams}, state) if problem else None
+    if why:
+        raise CheckpointError(f"{path}: its hyper-parameters do not fit its weights ({why}); "
+                              "the file is damaged, edited, or from another vqgen version")
     try:
-        module = cls(**dict(ckpt.get("hyper_parameters", {})))
+        module = cls(**dict(hparams))
         module.load_state_dict(ckpt["state_dict"])
     except (TypeError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
