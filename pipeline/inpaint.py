@@ -134,7 +134,10 @@ def draw_candidates(
             logq_all = logq_all.float().log_softmax(dim=1).reshape(logits.shape)
             got = grids[:, ii, jj].T  # (P, n*M): the codes drawn there
             per_pos = logq_all.gather(2, got.unsqueeze(2)).squeeze(2)
-            log_q = (per_pos.double() * draw[:, ii, jj].T).sum(0)
+            # rows that keep a position discarded its draw; their kept code may even lie
+            # outside the top-k (-inf), so select rather than multiply by the mask
+            drawn_here = draw[:, ii, jj].T
+            log_q = torch.where(drawn_here, per_pos, torch.zeros_like(per_pos)).double().sum(0)
         nll = prior_nll(prior, grids, lab, batch_size=max(1, batch_size), device=str(device))
         out_codes.append(grids.cpu().reshape(n, m, h, w))
         out_p.append((-nll.sum((1, 2))).reshape(n, m))

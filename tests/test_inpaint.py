@@ -91,20 +91,25 @@ def test_weights_are_joint_over_proposal_by_enumeration():
     # the enumeration is a distribution: p sums to 1 over all 81 grids
     assert naive_log_p(model, ALL_GRIDS, labels.expand(81)).exp().sum().item() == \
         pytest.approx(1, abs=1e-6)
-    known = torch.tensor([[[2, 1], [0, 2]]])
-    mask = torch.tensor([[[True, False], [True, False]]])  # (0, 1) and (1, 1) known after masks
+    # two inputs in one sampler call with different masks: (0, 1) and (1, 1) are known
+    # after masked codes in the first, (0, 1) is the only masked code of the second
+    known = torch.tensor([[[2, 1], [0, 2]], [[1, 0], [2, 2]]])
+    mask = torch.tensor([[[True, False], [True, False]], [[False, True], [False, False]]])
     knobs = dict(temperature=0.7, top_k=2, guidance=2.0)
     gen = torch.Generator().manual_seed(0)
-    cands = draw_candidates(lit, known, mask, 40, labels=labels, generator=gen, **knobs)
-    grids = cands.codes[0]
-    assert (grids[:, ~mask[0]] == known[0][~mask[0]]).all()
-    assert len({tuple(g.flatten().tolist()) for g in grids}) > 1
-    lab = labels.expand(40)
-    want_p = naive_log_p(model, grids, lab)
-    want_q = naive_log_q(model, grids, mask.expand(40, 2, 2), lab, **knobs)
-    torch.testing.assert_close(cands.log_p[0], want_p, atol=1e-5, rtol=0)
-    torch.testing.assert_close(cands.log_q[0], want_q, atol=1e-5, rtol=0)
-    torch.testing.assert_close(cands.log_weight[0], want_p - want_q, atol=1e-5, rtol=0)
+    cands = draw_candidates(lit, known, mask, 40, labels=labels.expand(2), generator=gen,
+                            **knobs)
+    for b in range(2):
+        grids = cands.codes[b]
+        assert (grids[:, ~mask[b]] == known[b][~mask[b]]).all()
+        assert len({tuple(g.flatten().tolist()) for g in grids}) > 1
+        lab = labels.expand(40)
+        want_p = naive_log_p(model, grids, lab)
+        want_q = naive_log_q(model, grids, mask[b].expand(40, 2, 2), lab, **knobs)
+        torch.testing.assert_close(cands.log_p[b], want_p, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cands.log_q[b], want_q, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cands.log_weight[b], want_p - want_q, atol=1e-5, rtol=0)
+    known, mask = known[:1], mask[:1]
     # q is the proposal's distribution over the 9 completions (top-k removes some): sums to 1
     comps = known.expand(9, 2, 2).clone()
     comps[:, 0, 0], comps[:, 1, 0] = torch.arange(9) // 3, torch.arange(9) % 3
