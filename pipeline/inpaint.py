@@ -5,7 +5,8 @@ it. Known codes after it must still count. ``inpaint`` therefore draws ``candida
 completions per image from the proposal q (known codes teacher-forced, masked ones sampled
 by the cached sampler with the given temperature / top-k / top-p / guidance), scores every
 candidate grid z under the prior in one batched forward pass, and keeps ``num`` of them by
-importance resampling with weights
+importance resampling (one draw from each of ``num`` equal groups of candidates, so the
+kept completions are independent) with weights
 
     w(z) = p(z) / q(z_masked),
 
@@ -158,21 +159,25 @@ def select_candidates(cands: Candidates, num: int, select: str = "importance",
                       generator: torch.Generator | None = None) -> Tensor:
     """Indices int64 (B, num) of the kept candidates.
 
-    importance: ``num`` draws with replacement, probability proportional to p/q (sampling
-    importance resampling); best: the ``num`` highest log p, best first; proposal: the
-    first ``num`` (prefix-only completion: known codes after a masked one ignored).
+    importance: the M candidates are split into ``num`` consecutive groups of (nearly)
+    equal size, and each group gives one draw with probability proportional to p/q
+    (sampling importance resampling), so the ``num`` completions are independent draws
+    (resampling ``num`` times from one pool would repeat its few heaviest candidates);
+    best: the ``num`` highest log p, best first; proposal: the first ``num`` (prefix-only
+    completion: known codes after a masked one ignored).
     """
     b, m = cands.log_p.shape
     if select == "proposal":
         return torch.arange(num).expand(b, num).clone()
     if select == "best":
         return cands.log_p.topk(num, dim=1).indices
-    lw = cands.log_weight
-    probs = (lw - lw.max(dim=1, keepdim=True).values).exp()
+    group = torch.arange(m) * num // m  # (M,): the group of each candidate, 0..num-1
+    in_group = group[None, :] == torch.arange(num)[:, None]  # (num, M)
+    lw = cands.log_weight[:, None, :].masked_fill(~in_group, float("-inf"))  # (B, num, M)
+    probs = (lw - lw.amax(dim=2, keepdim=True)).exp().reshape(b * num, m)
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    idx = torch.multinomial(probs.float().to(gen_device), num, replacement=True,
-                            generator=generator)
-    return idx.cpu()
+    idx = torch.multinomial(probs.float().to(gen_device), 1, generator=generator)
+    return idx.reshape(b, num).cpu()
 
 
 def _check_knobs(prior, num: int, num_candidates: int | None, select: str, temperature: float,

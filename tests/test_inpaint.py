@@ -183,6 +183,11 @@ def test_best_keeps_the_highest_whole_grid_probability():
     order = cands.log_p[0].sort(descending=True).values
     torch.testing.assert_close(cands.log_p[0, best[0]], order[:3])
     assert (select_candidates(cands, 3, "proposal") == torch.arange(3)).all()
+    # importance: completion k is drawn from the k-th group of 10 candidates (independent)
+    gen = torch.Generator().manual_seed(0)
+    picks = torch.cat([select_candidates(cands, 3, "importance", gen) for _ in range(50)])
+    assert ((picks // 10) == torch.arange(3)).all()
+    assert len(set(picks[:, 0].tolist())) > 1  # a draw, not an argmax
 
 
 # ------------------------------------------------------------------------- surprisal
