@@ -495,4 +495,12 @@ def test_repair_bad_fraction_and_existing_out(tiny_prior_run: Path, tmp_path: Pa
     (tmp_path / "busy" / "mine.txt").write_text("keep")
     rc, _, err = run(capsys, *base, "--out", tmp_path / "busy")
     assert_usage_error(rc, err, "repair", "--overwrite")
+    rc, _, err = run(capsys, *base, "--out", tmp_path / "busy", "--overwrite")
+    assert_usage_error(rc, err, "repair", "mine.txt", "did not write")
     assert tree(tmp_path / "busy") == ["mine.txt"]
+    # an earlier result is replaced with --overwrite
+    rc, _, err = run(capsys, *base, "--out", tmp_path / "res")
+    assert rc == 0, err
+    rc, _, err = run(capsys, *base, "--out", tmp_path / "res", "--threshold", "0", "--overwrite")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "res" / "inpaint.json").read_text())["threshold"] == 0

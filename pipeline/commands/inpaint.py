@@ -4,6 +4,7 @@ prior finds unlikely and regenerate them). Thin wrappers over ``pipeline.inpaint
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -147,10 +148,25 @@ def _load_inputs(args: argparse.Namespace, vqvae):
     return images, labels, src
 
 
+OUR_FILES = re.compile(r"(grid\.png|codes\.npy|labels\.npy|inpaint\.json|surprisal\.png|"
+                       r"surprisal\.npy|\d{6}_\d+\.png)")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that holds a result without --overwrite, and, even with it, one
+    that holds anything this verb does not write (the folder is replaced whole)."""
+    check_new_dir(out, overwrite, "files (an earlier result?)")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not OUR_FILES.fullmatch(p.name))
+        if foreign:
+            raise UsageError(f"--out {out} holds {foreign[0]}, which inpaint/repair did not "
+                             "write; --overwrite replaces the whole folder, so give another --out")
+
+
 def _prepare(args: argparse.Namespace):
     """Checks that need no models, the output check, then the models and inputs."""
     out = Path(args.out)
-    check_new_dir(out, args.overwrite, "files (an earlier result?)")
+    check_out(out, args.overwrite)
     if args.candidates is not None and args.candidates < args.num:
         raise UsageError(f"--candidates {args.candidates} must be >= --num {args.num}")
     from pipeline.generate import load_pair, make_labels, resolve_class
