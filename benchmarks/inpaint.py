@@ -59,7 +59,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from pipeline.commands.inpaint import DEFAULT_REPAIR_THRESHOLD
-    from pipeline.evaluate import classify, eval_datasets, get_classifier
+    from pipeline.evaluation.classifier import classify, get_classifier
+    from pipeline.evaluation.data import eval_datasets
     from pipeline.generate import load_pair
     from pipeline.inpaint import inpaint, repair_mask, surprisal
     from pipeline.masks import box_mask, code_to_pixel_mask, pixel_to_code_mask

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pipeline.evaluate import prior_nll
+from pipeline.evaluation.stage2 import prior_nll
 from pipeline.masks import code_to_pixel_mask, feather_weights
 from stage1_vqvae.runtime.errors import UserError
-from stage2_prior.cached import sample_cached
-from stage2_prior.model import filter_logits, validate_sampling_args
+from stage2_prior.sampling import filter_logits, validate_sampling_args
+from stage2_prior.sampling import sample as sample_codes
 
 SELECT = ("importance", "best", "proposal")
 LN2 = math.log(2.0)
@@ -119,18 +119,18 @@ def draw_candidates(
         draw = code_mask[s : s + n].to(device).repeat_interleave(m, 0)
         lab = None if labels is None else labels[s : s + n].to(device).repeat_interleave(m, 0)
         seen: list[tuple[int, int, Tensor]] = []
-        grids = sample_cached(model, n * m, labels=lab, temperature=temperature, top_k=top_k,
-                              top_p=top_p, guidance=guidance, generator=generator,
-                              prefix=known, mask=~draw,
-                              on_logits=lambda i, j, logits, seen=seen: seen.append(
-                                  (i, j, logits.clone())))
+        grids = sample_codes(model, n * m, labels=lab, temperature=temperature, top_k=top_k,
+                             top_p=top_p, guidance=guidance, generator=generator,
+                             prefix=known, mask=~draw, sampler="cached",
+                             on_logits=lambda i, j, logits, seen=seen: seen.append(
+                                 (i, j, logits.clone())))
         log_q = torch.zeros(n * m, dtype=torch.float64, device=device)
         if seen:
             ii = torch.tensor([p[0] for p in seen], device=device)
             jj = torch.tensor([p[1] for p in seen], device=device)
             logits = torch.stack([p[2] for p in seen])  # (P, n*M, K) guided, unfiltered
             k = logits.shape[-1]
-            # exactly the sampler's arithmetic: filter, float softmax (here its log)
+            # exactly the sampler's arithmetic (sampling.draw): filter, float softmax (its log)
             logq_all = filter_logits(logits.reshape(-1, k), temperature, top_k, top_p)
             logq_all = logq_all.float().log_softmax(dim=1).reshape(logits.shape)
             got = grids[:, ii, jj].T  # (P, n*M): the codes drawn there

@@ -42,7 +42,7 @@ from pipeline.masks import (
 from stage1_vqvae.data import build_dataset
 from stage1_vqvae.runtime.grid import to_uint8
 from stage2_prior.lit import LitPrior
-from stage2_prior.model import filter_logits
+from stage2_prior.sampling import filter_logits
 from tests.test_cli_stage1 import assert_usage_error, run, tree
 
 K = 3
