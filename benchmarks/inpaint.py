@@ -65,6 +65,7 @@ def main() -> None:
     from pipeline.inpaint import inpaint, repair_mask, surprisal
     from pipeline.masks import box_mask, code_to_pixel_mask, pixel_to_code_mask
 
+    t_start = time.perf_counter()
     demo = Path(args.demo)
     prior, vqvae = load_pair(demo / "prior" / "last.ckpt")
     train_ds, val_ds = eval_datasets(vqvae)
@@ -78,11 +79,13 @@ def main() -> None:
     labels = torch.tensor([int(y) for _, y in items])
     size = tuple(images.shape[-2:])
 
+    def log(text: str) -> None:  # progress on stderr; stdout stays one JSON line
+        print(f"[{time.perf_counter() - t_start:6.0f} s] {text}", file=sys.stderr, flush=True)
+
     def acc(imgs: torch.Tensor) -> float:
         return round(float((torch.from_numpy(classify(clf, imgs)[1]) == labels).float().mean()), 4)
 
     result: dict = {"num_images": n, "candidates": args.candidates, "threads": args.threads}
-    t_start = time.perf_counter()
 
     # --------------------------------------------------------------- completion quality
     class_acc, bits = {}, {}
@@ -95,6 +98,7 @@ def main() -> None:
                           select="proposal" if how == "prefix" else "importance", seed=0,
                           pixel_mask=pm)
             class_acc[name][how] = acc(res.images[:, 0])
+            log(f"{name} {how}: accuracy {class_acc[name][how]}")
             bits[name][how] = round(float(-res.log_prob.mean()) / math.log(2), 2)
     result["inpaint_class_acc"] = class_acc
     result["inpaint_bits"] = bits
@@ -135,6 +139,7 @@ def main() -> None:
         res = inpaint(prior, vqvae, corrupted, cm, num=1, num_candidates=args.candidates,
                       seed=0, pixel_mask=code_to_pixel_mask(cm, size))
         fixed = res.images[:, 0]
+        log(f"repair {kind} done")
         hit = float((cm & truth).sum())
         repair[kind] = {
             "acc_clean": acc_clean, "acc_corrupted": acc(corrupted), "acc_repaired": acc(fixed),
