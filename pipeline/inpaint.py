@@ -27,15 +27,22 @@ turns it into a code mask, and repair is then the same inpainting path.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from pipeline.evaluation.stage2 import prior_nll
+from pipeline.generate import save_codes
 from pipeline.masks import code_to_pixel_mask, feather_weights
 from stage1_vqvae.runtime.errors import UserError
+from stage1_vqvae.runtime.fsutil import atomic_dir
+from stage1_vqvae.runtime.grid import save_grid, save_png
 from stage2_prior.sampling import filter_logits, validate_sampling_args
 from stage2_prior.sampling import sample as sample_codes
 
@@ -339,7 +346,7 @@ def heat_map(bits: Tensor, image_size: tuple[int, int], top: float | None = None
 
 
 def write_inpainting(
-    out, res: Inpainting, originals: Tensor, pixel_mask: Tensor, *, settings: dict,
+    out: str | os.PathLike, res: Inpainting, originals: Tensor, pixel_mask: Tensor, *, settings: dict,
     inputs: list[dict], labels: Tensor | None = None, bits: Tensor | None = None,
 ) -> None:
     """Write a result atomically into the folder ``out``:
@@ -351,12 +358,6 @@ def write_inpainting(
     (repair) ``surprisal.npy`` float32 (N, h, w) in bits and ``surprisal.png`` (a row per
     input: original, heat map, chosen mask).
     """
-    from pathlib import Path
-
-    from pipeline.generate import save_codes
-    from stage1_vqvae.runtime.fsutil import atomic_dir
-    from stage1_vqvae.runtime.grid import save_grid, save_png
-
     n, num = res.codes.shape[:2]
     size = tuple(originals.shape[-2:])
     pixel_mask = pixel_mask.bool().expand(n, *size)
@@ -377,8 +378,6 @@ def write_inpainting(
         report_inputs.append(entry)
     doc = {**settings, "count": n, "num": num, "log_prob_unit": "nats (bits = nats / ln 2)",
            "inputs": report_inputs}
-    import json
-
     with atomic_dir(Path(out)) as tmp:
         tiles = []
         for i in range(n):
@@ -390,12 +389,8 @@ def write_inpainting(
         save_grid(torch.cat(tiles), tmp / "grid.png", nrow=num + 2)
         save_codes(tmp / "codes.npy", res.codes)
         if labels is not None:
-            import numpy as np
-
             np.save(tmp / "labels.npy", labels.cpu().numpy().astype(np.int64))
         if bits is not None:
-            import numpy as np
-
             np.save(tmp / "surprisal.npy", bits.cpu().numpy().astype(np.float32))
             heat = heat_map(bits, size)
             rows = torch.stack([_rgb(originals.cpu().float()), heat,
