@@ -128,7 +128,7 @@ def draw_candidates(
         seen: list[tuple[int, int, Tensor]] = []
         grids = sample_codes(model, n * m, labels=lab, temperature=temperature, top_k=top_k,
                              top_p=top_p, guidance=guidance, generator=generator,
-                             prefix=known, mask=~draw, sampler="cached",
+                             prefix=known, known=~draw, sampler="cached",
                              on_logits=lambda i, j, logits, seen=seen: seen.append(
                                  (i, j, logits.clone())))
         log_q = torch.zeros(n * m, dtype=torch.float64, device=device)
