@@ -32,4 +32,8 @@ EXAMPLES = {
     "compress": "vqgen compress --prior checkpoints/demo/prior/last.ckpt --data mnist5k "
     "--split val --out val.vqz --report codec.json",
     "decompress": "vqgen decompress val.vqz --out decoded/",
+    "inpaint": "vqgen inpaint --prior checkpoints/demo/prior/last.ckpt --data mnist5k --split val "
+    "--index 0:16 --box 0,14,28,28 --num 4 --out fixes/",
+    "repair": "vqgen repair --prior checkpoints/demo/prior/last.ckpt --data mnist5k --split val "
+    "--index 0:64 --out repaired/",
 }

@@ -206,6 +206,12 @@ def sample(
     return Samples(torch.cat(out_codes), torch.cat(out_images), labels)
 
 
+def save_codes(path: str | os.PathLike, codes: torch.Tensor) -> None:
+    """Write codes int (..., h, w) as ``.npy``: uint16 when every code fits, else int32."""
+    dtype = np.uint16 if codes.numel() == 0 or int(codes.max()) < 65536 else np.int32
+    np.save(path, codes.cpu().numpy().astype(dtype))
+
+
 def write_samples(
     out: str | os.PathLike, samples: Samples, *, class_names: list[str], nrow: int,
     settings: dict,
@@ -225,8 +231,7 @@ def write_samples(
             if row_labels is not None and len(row_labels) != (n + nrow - 1) // nrow:
                 row_labels = None
         save_grid(samples.images, tmp / "grid.png", nrow=nrow, row_labels=row_labels)
-        dtype = np.uint16 if int(samples.codes.max()) < 65536 else np.int32
-        np.save(tmp / "codes.npy", samples.codes.numpy().astype(dtype))
+        save_codes(tmp / "codes.npy", samples.codes)
         if samples.labels is not None:
             np.save(tmp / "labels.npy", samples.labels.numpy().astype(np.int64))
     return out

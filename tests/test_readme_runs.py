@@ -51,6 +51,8 @@ TINY: dict[str, tuple[str, ...]] = {
     "evaluate": ("--num-samples", "40", "--device", "cpu"),
     "compress": ("--device", "cpu"),
     "decompress": ("--device", "cpu"),
+    "inpaint": ("--device", "cpu"),
+    "repair": ("--device", "cpu"),
 }
 DIGITS = 3  # images in the `digits/` folder the README compresses
 
@@ -85,6 +87,12 @@ def readme_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
         val = build_dataset("mnist5k", "val")
         for i in range(DIGITS):
             save_png(val[i][0], digits / f"d{i}.png")
+        # the user's own files the inpaint / repair examples name
+        save_png(val[3][0], cwd / "photo.png")
+        save_png(val[4][0], cwd / "damaged.png")
+        mask = np.zeros((56, 56), np.uint8)
+        mask[:28] = 255  # top half, at twice the image size
+        Image.fromarray(mask).save(cwd / "mask.png")
         for command in COMMANDS:
             if command in NEEDS_GPUS:
                 continue
@@ -182,6 +190,21 @@ def check_outputs(cwd: Path, command: str, stdout: str) -> None:
         out = cwd / _option(command, "--out")
         assert sorted(p.name for p in out.glob("*.png")) == [f"d{i}.png" for i in range(DIGITS)]
         assert np.load(out / "codes.npy").shape[0] == DIGITS and (out / "decoded.json").is_file()
+    elif verb in ("inpaint", "repair"):
+        out = cwd / _option(command, "--out")
+        doc = json.loads((out / "inpaint.json").read_text())
+        n = len(range(*map(int, _option(command, "--index").split(":")))) \
+            if "--index" in command else 1
+        num = int(_option(command, "--num")) if "--num" in command else \
+            (8 if verb == "inpaint" else 1)
+        assert np.load(out / "codes.npy").shape == (n, num, 7, 7) and doc["count"] == n
+        assert {f"{i:06d}_{k}.png" for i in range(n) for k in range(num)} \
+            <= {p.name for p in out.glob("*.png")}
+        assert (out / "grid.png").is_file()
+        assert (out / "labels.npy").is_file() == ("--data" in command)
+        if verb == "repair":
+            assert np.load(out / "surprisal.npy").shape == (n, 7, 7)
+            assert (out / "surprisal.png").is_file()
     else:  # a verb added to the README without a check here
         raise AssertionError(f"no output check for README command {command!r}")
 

@@ -1,0 +1,185 @@
+"""Inpainting and repair benchmark on the demo's checkpoints (issue 13).
+
+Prints one JSON line with at least:
+
+- ``inpaint_class_acc`` {mask: {"prefix", "importance"}}: the project's classifier
+  (``pipeline.evaluate.get_classifier``) on one completion per val digit, completed
+  *without* the class, by prefix-only sampling (known codes after the mask ignored) and by
+  importance resampling of ``--candidates`` proposals; ``inpaint_bits`` the same
+  completions' mean code length (bits per grid) under the prior;
+- ``grow``: importance accuracy of the centre box with the code mask grown by 0 and 1 cell;
+- ``repair`` {"acc_clean", "acc_corrupted", "acc_repaired", "recall", "precision",
+  "psnr_inside_*", "psnr_outside_*"} per corruption (uniform noise, a block of another
+  digit) of a 10x10 block at a random place, and a threshold sweep of recall / precision;
+- ``seconds_1x8`` (one image, 8 completions from 64 candidates) and ``seconds_64x8``.
+
+    python benchmarks/inpaint.py [--demo /work/runs/demo] [--num-images 200]
+
+Targets: importance >= prefix + 20 points on the top-half mask (32 candidates); bottom half
+>= 80% without the class; repaired accuracy at least halfway from corrupted back to clean;
+seconds_1x8 < 1 on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages
+
+MASKS = {  # x0, y0, x1, y1 on the 28x28 digits
+    "bottom_half": (0, 14, 28, 28),
+    "top_half": (0, 0, 28, 14),
+    "left_half": (0, 0, 14, 28),
+    "centre_14x14": (7, 7, 21, 21),
+}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> float:
+    """PSNR in dB over the pixels where ``where`` (N, H, W) is True (images (N, C, H, W))."""
+    err = ((a - b) ** 2).mean(1)[where]
+    return 10 * math.log10(1 / max(float(err.mean()), 1e-12))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--demo", default="checkpoints/demo", help="a finished `vqgen demo` folder")
+    ap.add_argument("--num-images", type=int, default=200, help="val digits per measurement")
+    ap.add_argument("--candidates", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="repair threshold in bits (default: the CLI's)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from pipeline.commands.inpaint import DEFAULT_REPAIR_THRESHOLD
+    from pipeline.evaluation.classifier import classify, get_classifier
+    from pipeline.evaluation.data import eval_datasets
+    from pipeline.generate import load_pair
+    from pipeline.inpaint import inpaint, repair_mask, surprisal
+    from pipeline.masks import box_mask, code_to_pixel_mask, pixel_to_code_mask
+
+    t_start = time.perf_counter()
+    demo = Path(args.demo)
+    prior, vqvae = load_pair(demo / "prior" / "last.ckpt")
+    train_ds, val_ds = eval_datasets(vqvae)
+    hp = vqvae.hparams
+    clf, _ = get_classifier(train_ds, Path(hp.data_root or "data") / ".vqgen_cache",
+                            val_fraction=float(hp.val_fraction), split_seed=int(hp.seed),
+                            log=lambda s: None)
+    n = min(args.num_images, len(val_ds))
+    items = [val_ds[i] for i in range(n)]
+    images = torch.stack([x for x, _ in items])
+    labels = torch.tensor([int(y) for _, y in items])
+    size = tuple(images.shape[-2:])
+
+    def log(text: str) -> None:  # progress on stderr; stdout stays one JSON line
+        print(f"[{time.perf_counter() - t_start:6.0f} s] {text}", file=sys.stderr, flush=True)
+
+    def acc(imgs: torch.Tensor) -> float:
+        return round(float((torch.from_numpy(classify(clf, imgs)[1]) == labels).float().mean()), 4)
+
+    result: dict = {"num_images": n, "candidates": args.candidates, "threads": args.threads}
+
+    # --------------------------------------------------------------- completion quality
+    class_acc, bits = {}, {}
+    for name, box in MASKS.items():
+        pm = box_mask(box, size)
+        cm = pixel_to_code_mask(pm, prior.code_shape)
+        class_acc[name], bits[name] = {}, {}
+        for how, m in (("prefix", 1), ("importance", args.candidates)):
+            res = inpaint(prior, vqvae, images, cm, num=1, num_candidates=m,
+                          select="proposal" if how == "prefix" else "importance", seed=0,
+                          pixel_mask=pm)
+            class_acc[name][how] = acc(res.images[:, 0])
+            log(f"{name} {how}: accuracy {class_acc[name][how]}")
+            bits[name][how] = round(float(-res.log_prob.mean()) / math.log(2), 2)
+    result["inpaint_class_acc"] = class_acc
+    result["inpaint_bits"] = bits
+    pm = box_mask(MASKS["centre_14x14"], size)
+    result["grow"] = {}
+    for grow in (0, 1):
+        cm = pixel_to_code_mask(pm, prior.code_shape, grow)
+        res = inpaint(prior, vqvae, images, cm, num=1, num_candidates=args.candidates, seed=0,
+                      pixel_mask=pm)
+        result["grow"][str(grow)] = {"importance_acc": acc(res.images[:, 0]),
+                                     "codes_masked": int(cm.sum())}
+
+    # ------------------------------------------------------------------------- repair
+    gen = torch.Generator().manual_seed(0)
+    threshold = args.threshold if args.threshold is not None else DEFAULT_REPAIR_THRESHOLD
+    result["repair_threshold_bits"] = threshold
+    acc_clean = acc(images)
+    enc = vqvae.model.eval()
+    repair: dict = {}
+    sweep: dict = {}
+    for kind in ("noise", "other_digit"):
+        corrupted = images.clone()
+        block = torch.zeros(n, *size, dtype=torch.bool)
+        other = torch.randperm(n, generator=gen)
+        for i in range(n):
+            y, x = (int(v) for v in torch.randint(0, size[0] - 10 + 1, (2,), generator=gen))
+            if kind == "noise":
+                patch = torch.rand(images.shape[1], 10, 10, generator=gen)
+            else:
+                patch = images[int(other[i]), :, y : y + 10, x : x + 10]
+            corrupted[i, :, y : y + 10, x : x + 10] = patch
+            block[i, y : y + 10, x : x + 10] = True
+        truth = pixel_to_code_mask(block, prior.code_shape)  # codes whose cell the block touches
+        with torch.inference_mode():
+            codes = enc.encode(corrupted)
+        sbits = surprisal(prior, codes)
+        cm = repair_mask(sbits, threshold=threshold)
+        res = inpaint(prior, vqvae, corrupted, cm, num=1, num_candidates=args.candidates,
+                      seed=0, pixel_mask=code_to_pixel_mask(cm, size))
+        fixed = res.images[:, 0]
+        log(f"repair {kind} done")
+        hit = float((cm & truth).sum())
+        repair[kind] = {
+            "acc_clean": acc_clean, "acc_corrupted": acc(corrupted), "acc_repaired": acc(fixed),
+            "recall": round(hit / float(truth.sum()), 4),
+            "precision": round(hit / max(float(cm.sum()), 1), 4),
+            "psnr_inside_corrupted": round(psnr(corrupted, images, block), 2),
+            "psnr_inside_repaired": round(psnr(fixed, images, block), 2),
+            "psnr_outside_corrupted": round(psnr(corrupted, images, ~block), 2),
+            "psnr_outside_repaired": round(psnr(fixed, images, ~block), 2),
+            "codes_flagged_per_image": round(float(cm.sum()) / n, 2),
+        }
+        sweep[kind] = {}
+        for t in (4.0, 6.0, 8.0, 10.0, 12.0):
+            m = repair_mask(sbits, threshold=t)
+            h = float((m & truth).sum())
+            sweep[kind][f"{t:g}"] = {"recall": round(h / float(truth.sum()), 3),
+                                     "precision": round(h / max(float(m.sum()), 1), 3)}
+    # the issue's keys: both corruptions pooled (equal halves)
+    result["repair"] = {k: round((repair["noise"][k] + repair["other_digit"][k]) / 2, 4)
+                        for k in repair["noise"]}
+    result["repair_by_kind"] = repair
+    result["repair_threshold_sweep"] = sweep
+    result["quality_seconds"] = round(time.perf_counter() - t_start, 1)
+
+    # -------------------------------------------------------------------------- speed
+    cm = pixel_to_code_mask(box_mask(MASKS["top_half"], size), prior.code_shape)
+    inpaint(prior, vqvae, images[:1], cm, num=8)  # warm-up
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        inpaint(prior, vqvae, images[:1], cm, num=8)
+        times.append(time.perf_counter() - t0)
+    result["seconds_1x8"] = round(min(times), 3)
+    t0 = time.perf_counter()
+    inpaint(prior, vqvae, images[:64], cm, num=8)
+    result["seconds_64x8"] = round(time.perf_counter() - t0, 3)
+    result["completions_per_s_1x8"] = round(8 / result["seconds_1x8"], 1)
+    result["completions_per_s_64x8"] = round(512 / result["seconds_64x8"], 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
