@@ -27,7 +27,6 @@ turns it into a code mask, and repair is then the same inpainting path.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -41,13 +40,15 @@ from pipeline.evaluation.stage2 import prior_nll
 from pipeline.generate import save_codes
 from pipeline.masks import code_to_pixel_mask, feather_weights
 from stage1_vqvae.runtime.errors import UserError
-from stage1_vqvae.runtime.fsutil import atomic_dir
 from stage1_vqvae.runtime.grid import save_grid, save_png
+from stage1_vqvae.runtime.outputs import owned_output_dir
 from stage2_prior.sampling import filter_logits, validate_sampling_args
 from stage2_prior.sampling import sample as sample_codes
 
 SELECT = ("importance", "best", "proposal")
 LN2 = math.log(2.0)
+
+INPAINT_MANIFEST = "inpaint.json"
 
 
 @dataclass
@@ -378,7 +379,9 @@ def write_inpainting(
         report_inputs.append(entry)
     doc = {**settings, "count": n, "num": num, "log_prob_unit": "nats (bits = nats / ln 2)",
            "inputs": report_inputs}
-    with atomic_dir(Path(out)) as tmp:
+    # the manifest inpaint.json (the settings and results, plus the list of files written)
+    # lands last: --overwrite later replaces only these files (runtime/outputs.py)
+    with owned_output_dir(Path(out), INPAINT_MANIFEST, doc) as tmp:
         tiles = []
         for i in range(n):
             for k in range(num):
@@ -396,4 +399,3 @@ def write_inpainting(
             rows = torch.stack([_rgb(originals.cpu().float()), heat,
                                 masked_view(originals, pixel_mask)], 1)
             save_grid(rows.reshape(-1, *rows.shape[2:]), tmp / "surprisal.png", nrow=3)
-        (tmp / "inpaint.json").write_text(json.dumps(doc, indent=2) + "\n")

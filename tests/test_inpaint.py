@@ -495,9 +495,16 @@ def test_repair_bad_fraction_and_existing_out(tiny_prior_run: Path, tmp_path: Pa
     (tmp_path / "busy" / "mine.txt").write_text("keep")
     rc, _, err = run(capsys, *base, "--out", tmp_path / "busy")
     assert_usage_error(rc, err, "repair", "--overwrite")
+    # the one output policy: --overwrite writes beside files the verb did not write
     rc, _, err = run(capsys, *base, "--out", tmp_path / "busy", "--overwrite")
-    assert_usage_error(rc, err, "repair", "mine.txt", "did not write")
-    assert tree(tmp_path / "busy") == ["mine.txt"]
+    assert rc == 0, err
+    assert (tmp_path / "busy" / "mine.txt").read_text() == "keep"
+    assert "mine.txt" not in json.loads((tmp_path / "busy" / "inpaint.json").read_text())["files"]
+    (tmp_path / "busy2").mkdir()
+    (tmp_path / "busy2" / "grid.png").write_text("the user's own")  # a name repair writes
+    rc, _, err = run(capsys, *base, "--out", tmp_path / "busy2", "--overwrite")
+    assert_usage_error(rc, err, "repair", "grid.png", "did not write")
+    assert (tmp_path / "busy2" / "grid.png").read_text() == "the user's own"
     # an earlier result is replaced with --overwrite
     rc, _, err = run(capsys, *base, "--out", tmp_path / "res")
     assert rc == 0, err

@@ -12,7 +12,8 @@ from pipeline.commands.common import (
     UsageError,
     add_data_args,
     add_verb,
-    check_new_dir,
+    claim_out_dir,
+    data_inputs,
     dataset_for,
     non_negative_int,
     positive_int,
@@ -152,21 +153,22 @@ OUR_FILES = re.compile(r"(grid\.png|codes\.npy|labels\.npy|inpaint\.json|surpris
                        r"surprisal\.npy|\d{6}_\d+\.png)")
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an --out that holds a result without --overwrite, and, even with it, one
-    that holds anything this verb does not write (the folder is replaced whole)."""
-    check_new_dir(out, overwrite, "files (an earlier result?)")
-    if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if not OUR_FILES.fullmatch(p.name))
-        if foreign:
-            raise UsageError(f"--out {out} holds {foreign[0]}, which inpaint/repair did not "
-                             "write; --overwrite replaces the whole folder, so give another --out")
+def check_out(args: argparse.Namespace, verb: str) -> None:
+    """The output-folder policy (runtime/outputs.py) with inpaint.json as the manifest; the
+    images, mask and checkpoints of this command are inputs --out may not touch."""
+    from pipeline.inpaint import INPAINT_MANIFEST
+
+    inputs = [("--prior", args.prior), ("--vqvae", args.vqvae), ("--mask", getattr(args, "mask", None))]
+    inputs += [("--image", p) for p in (args.image or [])]
+    claim_out_dir(Path(args.out), verb=verb, overwrite=args.overwrite, manifest=INPAINT_MANIFEST,
+                  writes=lambda n: OUR_FILES.fullmatch(n) is not None,
+                  inputs=inputs + data_inputs(args))
 
 
 def _prepare(args: argparse.Namespace):
     """Checks that need no models, the output check, then the models and inputs."""
     out = Path(args.out)
-    check_out(out, args.overwrite)
+    check_out(args, args.verb)
     if args.candidates is not None and args.candidates < args.num:
         raise UsageError(f"--candidates {args.candidates} must be >= --num {args.num}")
     from pipeline.generate import load_pair, make_labels, resolve_class
