@@ -14,6 +14,7 @@ from pipeline.commands.codec import add_compress, add_decompress
 from pipeline.commands.demo import add_demo
 from pipeline.commands.evaluate import add_evaluate
 from pipeline.commands.inpaint import add_inpaint, add_repair
+from pipeline.commands.serve import add_serve
 from pipeline.commands.stage1 import add_decode, add_encode, add_reconstruct, add_train_vqvae
 from pipeline.commands.stage2 import add_sample, add_train_prior
 from pipeline.defaults import EXAMPLES
@@ -21,7 +22,7 @@ from stage1_vqvae.runtime.errors import UserError
 
 ADDERS: list[Callable] = [add_train_vqvae, add_encode, add_reconstruct, add_decode, add_train_prior,
                           add_sample, add_demo, add_evaluate, add_compress, add_decompress,
-                          add_inpaint, add_repair]
+                          add_inpaint, add_repair, add_serve]
 
 
 class VerbParser(argparse.ArgumentParser):

@@ -36,4 +36,5 @@ EXAMPLES = {
     "--index 0:16 --box 0,14,28,28 --num 4 --out fixes/",
     "repair": "vqgen repair --prior checkpoints/demo/prior/last.ckpt --data mnist5k --split val "
     "--index 0:64 --out repaired/",
+    "serve": "vqgen serve --prior checkpoints/demo/prior/last.ckpt",
 }
