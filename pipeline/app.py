@@ -169,6 +169,8 @@ def build(server: Server) -> gr.Blocks:
                                    interactive=False, elem_classes=["pixelated"])
 
         # ------------------------------------------------------------------ handlers
+        # progress shows on the result, not the status line: the status changes only
+        # when a result (or an error) arrives
 
         @_errors_in_page
         def do_sample(cls, num, temp, top_k, top_p, guidance, seed):
@@ -178,7 +180,7 @@ def build(server: Server) -> gr.Blocks:
             return [str(p) for p in r.images], str(r.extra["zip"]), r.status
 
         s_go.click(do_sample, [s_class, s_num, s_temp, s_topk, s_topp, s_guid, s_seed],
-                   [s_gallery, s_zip, s_status])
+                   [s_gallery, s_zip, s_status], show_progress_on=[s_gallery])
 
         @_errors_in_page
         def do_random(seed):
@@ -202,16 +204,18 @@ def build(server: Server) -> gr.Blocks:
 
         outs = [c_gallery, c_heat, c_overlay, c_zip, c_status]
         c_go.click(_errors_in_page(lambda v, c, n, t, s: completion(v, c, n, t, s, None)),
-                   [c_editor, c_class, c_num, c_temp, c_seed], outs)
+                   [c_editor, c_class, c_num, c_temp, c_seed], outs,
+                   show_progress_on=[c_gallery])
         c_repair.click(_errors_in_page(lambda v, c, n, t, s, f: completion(v, c, n, t, s, f)),
-                       [c_editor, c_class, c_num, c_temp, c_seed, c_frac], outs)
+                       [c_editor, c_class, c_num, c_temp, c_seed, c_frac], outs,
+                       show_progress_on=[c_gallery])
 
         @_errors_in_page
         def do_compress(files):
             r = server.compress(list(files or []))
             return r.table, str(r.extra["vqz"]), r.status
 
-        z_go.click(do_compress, [z_files], [z_table, z_out, z_status])
+        z_go.click(do_compress, [z_files], [z_table, z_out, z_status], show_progress_on=[z_table])
 
         @_errors_in_page
         def do_decompress(file):
@@ -220,7 +224,7 @@ def build(server: Server) -> gr.Blocks:
             r = server.decompress(file)
             return [str(p) for p in r.images], r.status
 
-        d_go.click(do_decompress, [d_file], [d_gallery, d_status])
+        d_go.click(do_decompress, [d_file], [d_gallery, d_status], show_progress_on=[d_gallery])
 
         @_errors_in_page
         def do_card():

@@ -119,8 +119,9 @@ class Server:
         try:
             return load_image(p, self.channels, self.image_size)
         except UserError as e:
-            raise UserError(f"{p.name} is not an image this server can read "
-                            f"({one_line(e, 120)}); upload a PNG, JPEG or WebP") from None
+            why = one_line(str(e).replace(str(p), p.name), 120)  # no server paths in the page
+            raise UserError(f"{p.name} is not an image this server can read ({why}); "
+                            "upload a PNG, JPEG or WebP") from None
 
     def _view(self, images: torch.Tensor, path: Path) -> Path:
         """images float (C, H, W) in [0, 1] -> a PNG scaled up VIEW_SCALE x (nearest)."""
@@ -283,7 +284,7 @@ class Server:
         }
         n_codes = int(code_mask.sum())
         return Result(folder, [out / f"000000_{k}.png" for k in range(num)], extra,
-                      f"{num} completions of {n_codes} of {code_mask.numel()} codes in "
+                      f"{num} completions (seed {int(seed)}) of {n_codes} of {code_mask.numel()} codes in "
                       f"{seconds:.2f} s (input {float(bits.sum()):.0f} bits under the prior)")
 
     # ------------------------------------------------------------------ codec
