@@ -68,7 +68,8 @@ class Server:
         self.work = Path(work)
         self.results = self.work / "results"
         self.results.mkdir(parents=True, exist_ok=True)
-        self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
+        self.max_upload_mb = float(max_upload_mb)
+        self.max_upload_bytes = int(max_upload_mb * 2**20)
         self.data, self.data_root = data, data_root
         self._dataset = None
         hp = self.vqvae.hparams
@@ -106,8 +107,8 @@ class Server:
             raise UserError(f"the {what} {p.name} is not an upload of this server")
         size = p.stat().st_size
         if size > self.max_upload_bytes:
-            raise UserError(f"{p.name} is {size / 2**20:.1f} MB, over the "
-                            f"{self.max_upload_bytes / 2**20:g} MB upload limit "
+            raise UserError(f"{p.name} is {size / 2**20:.3g} MB, over the "
+                            f"{self.max_upload_mb:g} MB upload limit "
                             "(--max-upload-mb); upload a smaller file")
         return p
 

@@ -1,0 +1,111 @@
+"""``vqgen serve`` without a browser: the verb's checks, the page's back end
+(``pipeline.serving.Server``) on bad uploads, and the codec baselines."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.baselines import lossy_at_psnr, png_baseline, psnr_u8
+from stage1_vqvae.runtime.errors import UserError
+from tests.test_cli_stage1 import assert_usage_error, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_does_not_import_gradio():
+    code = ("import sys; from pipeline.cli import build_parser; p = build_parser(); "
+            "p.parse_args(['serve', '--prior', 'x.ckpt']); "
+            "print('gradio' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_serve_refuses_a_taken_port_and_a_missing_prior(tiny_prior_run, capsys):
+    if importlib.util.find_spec("gradio") is None:
+        pytest.skip("Gradio (the app extra) is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        rc, _, err = run(capsys, "serve", "--prior", tiny_prior_run / "last.ckpt", "--port", port)
+        assert_usage_error(rc, err, "serve", f"cannot listen on 127.0.0.1:{port}")
+    rc, _, err = run(capsys, "serve", "--prior", "nope.ckpt")
+    assert_usage_error(rc, err, "serve", "--prior nope.ckpt does not exist")
+    rc, _, err = run(capsys, "serve", "--prior", tiny_prior_run / "last.ckpt",
+                     "--max-upload-mb", "0")
+    assert_usage_error(rc, err, "serve", "--max-upload-mb 0")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_prior_run, tmp_path_factory):
+    from pipeline.serving import Server
+
+    return Server(tiny_prior_run / "last.ckpt", None, tmp_path_factory.mktemp("work"),
+                  max_upload_mb=0.01)
+
+
+def test_uploads_are_checked(server, tmp_path):
+    outside = tmp_path / "a.png"
+    Image.new("L", (28, 28)).save(outside)
+    with pytest.raises(UserError, match="not an upload of this server"):
+        server.load_image(outside)
+    big = server.new_folder("upload") / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200), np.uint8)).save(big)
+    with pytest.raises(UserError, match="over the 0.01 MB upload limit"):
+        server.load_image(big)
+    text = server.new_folder("upload") / "notes.png"
+    text.write_text("hello")
+    with pytest.raises(UserError, match=r"^notes.png is not an image") as e:
+        server.compress([text])
+    assert str(server.work) not in str(e.value)
+
+
+def test_a_vqz_from_other_checkpoints_is_refused(server, tiny_prior_run, tmp_path):
+    """Same weights, another checkpoint file: the .vqz names the file it was made with."""
+    from pipeline.serving import Server
+
+    img = server.new_folder("upload") / "x.png"
+    Image.new("L", (28, 28), 255).save(img)
+    vqz = server.compress([img]).extra["vqz"]
+    assert server.decompress(vqz).images  # round trip with its own checkpoints
+    other = tmp_path / "other.ckpt"
+    ckpt = torch.load(tiny_prior_run / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt["note"] = "a different file"
+    torch.save(ckpt, other)
+    second = Server(other, None, tmp_path / "work2")
+    upload = second.new_folder("upload") / "x.vqz"
+    upload.write_bytes(vqz.read_bytes())
+    with pytest.raises(UserError, match="prior"):
+        second.decompress(upload)
+
+
+def test_sample_result_folders_are_independent(server):
+    a = server.sample("1", 4, seed=0)
+    b = server.sample("1", 4, seed=1)
+    assert a.folder != b.folder and a.images[0].read_bytes() != b.images[0].read_bytes()
+    assert "class 1, seed 0" in a.status
+
+
+def test_baselines_meet_the_target_psnr():
+    rng = np.random.default_rng(0)
+    u8 = (np.clip(rng.normal(128, 40, (28, 28, 1)), 0, 255)).astype(np.uint8)
+    png = png_baseline(u8)
+    buf = io.BytesIO()
+    Image.fromarray(u8[..., 0]).save(buf, format="PNG", optimize=True)
+    assert png.bits == 8 * buf.tell()
+    low, high = lossy_at_psnr(u8, "jpeg", 20.0), lossy_at_psnr(u8, "jpeg", 30.0)
+    assert low.psnr_db >= 20 and high.psnr_db >= 30 and low.bits < high.bits
+    impossible = lossy_at_psnr(u8, "webp", 200.0)
+    assert impossible.bits is None and impossible.psnr_db < 200
+    assert psnr_u8(u8, u8) > 100
