@@ -147,6 +147,19 @@ def _wait_images(page, elem_id: str, n: int, status_id: str, old_status: str,
         }""", arg=[elem_id, n, status_id, old_status], timeout=timeout)
 
 
+def _upload(page, elem_id: str, path: Path) -> None:
+    """Choose a file in a file component and wait until it lists it. A choice made while
+    the freshly shown tab is still mounting is sometimes dropped: choose again then."""
+    for _ in range(3):
+        page.set_input_files(f"#{elem_id} input[type=file]", str(path))
+        try:
+            page.wait_for_selector(f"#{elem_id} :text('{path.name}')", timeout=10_000)
+            return
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError; try once more
+            continue
+    raise AssertionError(f"{path.name} did not show up in #{elem_id}")
+
+
 def _status(page, elem_id: str) -> str:
     return page.inner_text(f"#{elem_id}").strip()
 
@@ -266,8 +279,7 @@ def test_compress_upload_errors_and_decode(browser, served, tiny_vqvae_run, tmp_
     page.wait_for_selector("#compress-button")
 
     # not an image: one visible line, no traceback
-    page.set_input_files("#compress-files input[type=file]", str(fake))
-    page.wait_for_selector("#compress-files :text('notes.png')")
+    _upload(page, "compress-files", fake)
     page.click("#compress-button")
     toast = page.locator(".toast-body", has_text="not an image").first
     toast.wait_for(timeout=30_000)
@@ -280,8 +292,7 @@ def test_compress_upload_errors_and_decode(browser, served, tiny_vqvae_run, tmp_
 
     # a real PNG afterwards: the server still serves
     page.locator("#compress-files button[aria-label='Clear']").first.click()
-    page.set_input_files("#compress-files input[type=file]", str(png))
-    page.wait_for_selector("#compress-files :text('digit.png')")
+    _upload(page, "compress-files", png)
     old = _status(page, "compress-status")
     page.click("#compress-button")
     page.wait_for_function("([s, old]) => document.querySelector('#' + s).innerText.trim() "
@@ -303,8 +314,7 @@ def test_compress_upload_errors_and_decode(browser, served, tiny_vqvae_run, tmp_
     assert json.loads((tmp_path / "dec" / "decoded.json").read_text())["names"] == ["digit.png"]
 
     # and the .vqz decodes in the page
-    page.set_input_files("#decompress-file input[type=file]", str(vqz))
-    page.wait_for_selector("#decompress-file :text('up.vqz')")
+    _upload(page, "decompress-file", vqz)
     old = _status(page, "decompress-status")
     page.click("#decompress-button")
     _wait_images(page, "decompress-gallery", 1, "decompress-status", old)
