@@ -14,6 +14,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
+from pipeline.commands import serve as serve_verb
 from pipeline.evaluate import CLASSIFIER_CONFIG
 from pipeline.vqz import MAGIC
 from stage1_vqvae import lit as stage1_lit
@@ -53,6 +55,7 @@ TINY: dict[str, tuple[str, ...]] = {
     "decompress": ("--device", "cpu"),
     "inpaint": ("--device", "cpu"),
     "repair": ("--device", "cpu"),
+    "serve": ("--port", "0", "--device", "cpu"),  # visited once, then stopped: _visit_page
 }
 DIGITS = 3  # images in the `digits/` folder the README compresses
 
@@ -66,6 +69,14 @@ def _argv(command: str) -> list[str]:
 def _option(command: str, flag: str) -> str:
     words = shlex.split(command)
     return words[words.index(flag) + 1]
+
+
+def _visit_page(url: str) -> None:
+    """`vqgen serve` is up: its page answers; returning stops it."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/config", timeout=30) as r:
+        assert r.status == 200 and json.loads(r.read())["title"] == "vqgen"
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +93,7 @@ def readme_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
             mp.setitem(stage2_train.PRIOR_DEFAULTS, key, value)
         for key, value in TINY_CLASSIFIER.items():
             mp.setitem(CLASSIFIER_CONFIG, key, value)
+        mp.setattr(serve_verb, "serve_forever", _visit_page)
         digits = cwd / "digits"  # the user's own folder of images in the README
         digits.mkdir()
         val = build_dataset("mnist5k", "val")
@@ -205,6 +217,10 @@ def check_outputs(cwd: Path, command: str, stdout: str) -> None:
         if verb == "repair":
             assert np.load(out / "surprisal.npy").shape == (n, 7, 7)
             assert (out / "surprisal.png").is_file()
+    elif verb == "serve":  # the page answered (_visit_page); it says where and cleans up
+        assert "http://127.0.0.1:" in stdout and "vqgen serve: stopped" in stdout
+        work = re.search(r"uploads and results: (\S+)", stdout).group(1)
+        assert not Path(work).exists()
     else:  # a verb added to the README without a check here
         raise AssertionError(f"no output check for README command {command!r}")
 

@@ -94,16 +94,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"vqgen serve: http://{args.host}:{port} (bound to {args.host}: {local})")
         print(f"uploads and results: {work} (removed when the server stops; Ctrl-C to stop)",
               flush=True)
-        while True:
-            time.sleep(0.5)
+        serve_forever(f"http://{args.host}:{port}")
     except (KeyboardInterrupt, _Stop):
-        print("vqgen serve: stopped", flush=True)
+        pass
     finally:
         if demo is not None:
             demo.close()
         shutil.rmtree(work, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
+        print("vqgen serve: stopped", flush=True)
     return 0
+
+
+def serve_forever(url: str) -> None:
+    """Block until Ctrl-C / SIGTERM (the server runs in Gradio's threads). A test replaces
+    this to visit ``url`` and return, which stops the server as Ctrl-C would."""
+    while True:
+        time.sleep(0.5)
 
 
 def _raise_stop(signum, frame) -> None:
