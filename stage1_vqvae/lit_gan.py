@@ -27,6 +27,7 @@ feature-matching term (on the discriminator's features) and the adversarial term
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,12 @@ class VQGANTraining:
         if perceptual == "lpips":
             # not a submodule: frozen, never in the checkpoint, never seen by DDP
             object.__setattr__(self, "_lpips", adv.load_lpips())
+
+    def on_fit_start(self) -> None:
+        # Lightning warns that step-triggered checkpoints of manual optimization hold the
+        # state after the step: that is the state a resume needs
+        warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
+        super().on_fit_start()
 
     @property
     def last_layer(self) -> Tensor:
