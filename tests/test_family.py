@@ -208,3 +208,54 @@ def test_vqgan_copy_resumes_through_the_cli(family_runs: dict[str, Path], tmp_pa
     shutil.copytree(family_runs["vqgan"], run)
     assert main(tiny_train_argv(run, "--resume", max_epochs=2)) == 0
     assert _state(run / "last.ckpt")["global_step"] == 10
+
+
+# ---------------------------------------------------------------- evaluate --compare
+
+
+def test_sharpness_ratio_orders_blur_and_noise():
+    from pipeline import metrics as M
+    from pipeline.evaluation.compare import sharpness_ratio
+
+    x = _val_images(32)
+    assert sharpness_ratio(x, x) == pytest.approx(1.0)
+    assert sharpness_ratio(M.box_blur3(x), x) < 0.7
+    noisy = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert sharpness_ratio(noisy, x) > 1.05  # clamping at 0 removes half the noise on black
+
+
+def test_readme_compare_command(family_runs: dict[str, Path], tmp_path: Path, monkeypatch,
+                                capsys):
+    """`vqgen evaluate --vqvae VQGAN --compare VQ VAE --out report/` as the README shows it
+    (a tiny scoring classifier): one table, one figure, consistent with the main report."""
+    import json
+
+    import pipeline.evaluate
+    from tests.test_evaluate import TINY_CLASSIFIER
+
+    monkeypatch.setattr(pipeline.evaluate, "CLASSIFIER_CONFIG", TINY_CLASSIFIER)
+    out = tmp_path / "report"
+    argv = ["evaluate", "--vqvae", str(family_runs["vqgan"] / "last.ckpt"), "--compare",
+            str(family_runs["vq"] / "last.ckpt"), str(family_runs["vae"] / "last.ckpt"),
+            "--out", str(out), "--device", "cpu", "--classifier-cache", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "metrics.json").read_text())
+    rows = report["comparison"]["rows"]
+    assert [r["kind"] for r in rows] == ["VQ-GAN", "VQ-VAE", "Gaussian VAE"]
+    for r in rows:
+        assert r["rfd"] is not None and r["rfd"] >= 0 and 0 < r["sharpness_ratio"]
+        assert 0 < r["bits_per_dim"] < 8 and r["name"][:12] in printed
+    # the main model's row and its stage-one section are two computations of one number
+    assert rows[0]["psnr_db"] == pytest.approx(report["stage1"]["psnr_db"], abs=1e-6)
+    assert rows[0]["codebook_usage"] == pytest.approx(report["stage1"]["codebook_usage"])
+    assert rows[2]["codebook_usage"] is None
+    assert (out / "comparison.png").is_file() and "side by side" in (out / "index.html").read_text()
+    # a Gaussian VAE as the main model: no code-based section, still compared
+    rep2 = tmp_path / "report2"
+    assert main(["evaluate", "--vqvae", str(family_runs["vae"] / "last.ckpt"), "--compare",
+                 str(family_runs["vq"] / "last.ckpt"), "--out", str(rep2), "--device", "cpu",
+                 "--classifier-cache", str(tmp_path / "cache")]) == 0
+    r2 = json.loads((rep2 / "metrics.json").read_text())
+    assert r2["stage1"] is None and len(r2["comparison"]["rows"]) == 2
+    assert r2["comparison"]["rows"][0]["psnr_db"] == pytest.approx(rows[2]["psnr_db"])
