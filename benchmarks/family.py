@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="folder for the runs and the report")
     ap.add_argument("--models", default="vq,vqgan,vae")
     ap.add_argument("--gan-flags", default="", help="extra flags for the VQ-GAN only")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep models already trained in --out (their speed.json) and train the rest")
     args, extra = ap.parse_known_args()
     extra = [e for e in extra if e != "--"]
 
@@ -51,6 +53,10 @@ def main() -> None:
     runs, speed = {}, {}
     for name in args.models.split(","):
         out = root / name
+        if args.reuse and (out / "speed.json").is_file():
+            speed[name] = json.loads((out / "speed.json").read_text())
+            runs[name] = out / "last.ckpt"
+            continue
         cli = build_parser().parse_args(["train-vqvae", "--data", args.data, "--out", str(out),
                                          "--no-codes", "--overwrite", *flags[name], *extra])
         model_args, data_args, max_epochs = vqvae_config(cli)
@@ -64,6 +70,7 @@ def main() -> None:
                        "train_images_per_s": steps * data_args["batch_size"] / wall,
                        "final_val": {k: v for k, v in res.metrics.items() if k.startswith("val/")}}
         runs[name] = res.last
+        (out / "speed.json").write_text(json.dumps(speed[name]))
         print(f"{name}: {steps} steps in {wall:.0f}s", flush=True)
 
     names = list(runs)
