@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .model import Decoder, Encoder, _num_down
+from .model import Decoder, Encoder, check_downsample
 from .runtime.errors import UserError
 
 NO_CODES = ("is a Gaussian (continuous) VAE: it has no discrete codes to encode or to train a "
@@ -54,12 +54,8 @@ class GaussianVAE(nn.Module):
                  hidden: int = 64, res_hidden: int = 32, num_res: int = 2, code_dim: int = 32,
                  downsample: int = 4) -> None:
         super().__init__()
-        h, w = image_size
-        _num_down(downsample)
-        if h % downsample or w % downsample:
-            raise UserError(f"image size {h}x{w} is not divisible by the down-sampling factor "
-                            f"{downsample}; pick another --image-size or --downsample")
-        self.image_size = (h, w)
+        check_downsample(tuple(image_size), downsample)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
         self.in_channels, self.downsample, self.code_dim = in_channels, downsample, code_dim
         self.encoder = Encoder(in_channels, hidden, res_hidden, num_res, 2 * code_dim, downsample)
         self.decoder = Decoder(in_channels, hidden, res_hidden, num_res, code_dim, downsample)

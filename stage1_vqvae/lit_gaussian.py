@@ -15,14 +15,13 @@ mean) and the ELBO in bits/dim with the discretized likelihood the report uses
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from .gaussian import GaussianVAE, gaussian_nll_optimal_sigma
 from .likelihood import LN2, SIGMA_GRID, recon_bits
+from .metrics import psnr_from_mse
 from .runtime.errors import UserError
 
 BOTTLENECKS = ("vq", "gaussian")
@@ -97,7 +96,7 @@ class GaussianTraining:
         kl_bits = float(stats[2]) / n / LN2 / dims
         recon_bits_per_dim = stats[4:] / n / dims
         self.log("val/recon_loss", mse)
-        self.log("val/psnr", 10 * math.log10(1.0 / max(mse, 1e-12)))
+        self.log("val/psnr", psnr_from_mse(mse))
         self.log("val/kl_bits_per_dim", kl_bits)
         self.log("val/bits_per_dim", float(recon_bits_per_dim.min()) + kl_bits)
         if self._val_preview is not None and not self.trainer.sanity_checking:
