@@ -172,7 +172,7 @@ class LitVQVAE(pl.LightningModule):
             return
         from torchvision.utils import save_image
 
-        recon = self.model.decode_codes(self.model.encode(images.to(self.device)))
+        recon = self.model.reconstruct(images.to(self.device))
         preview = torch.cat([images, recon.float().cpu()])
         n = images.shape[0]
         path = Path(self.preview_dir) / f"recon_epoch{self.current_epoch:03d}.png"

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .gaussian import GaussianVAE, gaussian_nll_optimal_sigma
+from .gaussian import GaussianVAE, gaussian_nll_optimal_sigma, kl_divergence
 from .likelihood import LN2, SIGMA_GRID, recon_bits
 from .metrics import psnr_from_mse
 from .runtime.errors import UserError
@@ -63,7 +63,6 @@ class GaussianTraining:
     def on_validation_epoch_start(self) -> None:
         # float64 sums on the CPU (MPS has no float64): sse, pixels, kl nats, images, bits(S)
         self._val_stats = torch.zeros(4 + len(SIGMA_GRID), dtype=torch.float64)
-        self._val_preview = None
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images = batch[0]
@@ -72,7 +71,7 @@ class GaussianTraining:
         gen = torch.Generator(device=images.device).manual_seed(int(batch_idx))
         noise = torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
         sampled = self.model.decoder(mean + (0.5 * logvar).exp() * noise)
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
+        kl = kl_divergence(mean, logvar)
         bits = recon_bits(images.detach().cpu(), sampled.detach().cpu(), SIGMA_GRID).sum(0)
         s = self._val_stats
         s[0] += float(((recon - images) ** 2).sum())
@@ -80,9 +79,6 @@ class GaussianTraining:
         s[2] += float(kl.sum())
         s[3] += images.shape[0]
         s[4:] += bits
-        if batch_idx == 0:
-            n = min(16, images.shape[0])
-            self._val_preview = torch.cat([images[:n], recon[:n]]).detach().cpu()
 
     def on_validation_epoch_end(self) -> None:
         stats = self._val_stats
@@ -99,5 +95,5 @@ class GaussianTraining:
         self.log("val/psnr", psnr_from_mse(mse))
         self.log("val/kl_bits_per_dim", kl_bits)
         self.log("val/bits_per_dim", float(recon_bits_per_dim.min()) + kl_bits)
-        if self._val_preview is not None and not self.trainer.sanity_checking:
-            self._save_preview(self._val_preview)
+        if not self.trainer.sanity_checking:
+            self._save_preview()

@@ -232,7 +232,7 @@ def add_reconstruct(subs) -> None:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     import torch
 
-    from stage1_vqvae.lit import has_codes, load_vqvae
+    from stage1_vqvae.lit import load_vqvae
     from stage1_vqvae.runtime.fsutil import atomic_file
     from stage1_vqvae.runtime.grid import save_grid
 
@@ -244,9 +244,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     n = min(args.num, len(ds))
     images = torch.stack([ds[i][0] for i in range(n)]).to(device)
     model = lit.model.to(device)
-    # a Gaussian VAE has no codes: it decodes its posterior mean
-    recon = (model.decode_codes(model.encode(images)) if has_codes(lit)
-             else model.reconstruct(images))
+    recon = model.reconstruct(images)  # a Gaussian VAE decodes its posterior mean
     mse = float(((recon - images) ** 2).mean())
     rows = []
     per_row = min(8, n)
