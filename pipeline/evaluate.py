@@ -86,6 +86,7 @@ def evaluate(
     classifier_config: dict | None = None,
     sigmas: Sequence[float] = SIGMA_GRID,
     log: Callable[[str], None] = print,
+    compare: Sequence[str | os.PathLike] = (),
 ) -> dict:
     """Evaluate a VQ-VAE (and its prior) and write ``out_dir/metrics.json`` + ``index.html``
     (PNG plots beside it). Returns the metrics dict written to metrics.json.
@@ -95,10 +96,12 @@ def evaluate(
     in a temp folder and renamed into place at the end (never half written).
     ``classifier_config`` (default ``CLASSIFIER_CONFIG``) and ``sigmas`` (the bound's grid)
     are knobs for tests and benchmarks; anything unusual lands in the report's "notes".
+    ``compare``: more stage-one checkpoints (VQ-VAE, VQ-GAN, Gaussian VAE) for a side-by-side
+    table and figure with the main one (:mod:`pipeline.evaluation.compare`).
     """
     from pipeline.generate import load_pair
     from pipeline.report import plot_code_histogram, plot_curves, plot_nll_heatmap, write_html
-    from stage1_vqvae.lit import load_vqvae
+    from stage1_vqvae.lit import has_codes, load_vqvae
     from stage1_vqvae.runtime.grid import save_grid
     from stage1_vqvae.runtime.outputs import owned_output_dir
 
@@ -123,6 +126,7 @@ def evaluate(
             vqvae_path = prior.hparams.vqvae_checkpoint
     else:
         lit = load_vqvae(vqvae_path, device)
+    others = [(p, load_vqvae(p, device)) for p in compare]  # fail on a bad path before any work
     hp = lit.hparams
     data = data or hp.data
     data_root = data_root or hp.data_root
@@ -148,7 +152,7 @@ def evaluate(
                  "num_train": len(train_ds), "num_classes": info.num_classes,
                  "class_names": list(info.class_names), "channels": info.channels,
                  "image_size": list(info.image_size)},
-        "stage1": None, "stage2": None, "whole_model": None, "samples": None,
+        "stage1": None, "stage2": None, "whole_model": None, "samples": None, "comparison": None,
         "curves": {}, "images": {}, "notes": notes, "timings_s": timings,
     }
     log(f"evaluate: {len(eval_ds)} {split} images of {data}"
@@ -156,22 +160,34 @@ def evaluate(
 
     with owned_output_dir(out, REPORT_MANIFEST) as tmp:
         images = report["images"]
-        # ---- stage one
-        t0 = time.monotonic()
-        s1 = run_stage1(lit, eval_ds, batch_size=batch_size, device=device, sigmas=sigmas)
-        report["stage1"] = stage1_metrics(result=s1)
-        if s1.ssim is None:
-            notes.add(f"SSIM skipped: images {info.image_size} are smaller than its 11x11 window")
-        plot_code_histogram(report["stage1"]["code_counts"], tmp / "codes_histogram.png")
-        images["codes_histogram"] = "codes_histogram.png"
-        x, r = s1.preview
-        per_row = min(8, x.shape[0])
-        rows = [t for st in range(0, x.shape[0], per_row) for t in (x[st : st + per_row],
-                                                                     r[st : st + per_row])]
-        save_grid(torch.cat(rows), tmp / "reconstructions.png", nrow=per_row)
-        images["reconstructions"] = "reconstructions.png"
-        timings["stage1"] = time.monotonic() - t0
-        log(f"stage one: PSNR {report['stage1']['psnr_db']:.2f} dB ({timings['stage1']:.1f}s)")
+        # ---- stage one (a Gaussian VAE has no codes: the comparison covers it)
+        if not has_codes(lit):
+            notes.add(f"{vqvae_path} is a Gaussian VAE: no codes, so no code-based stage-one "
+                      "section; see the comparison")
+        else:
+            t0 = time.monotonic()
+            s1 = run_stage1(lit, eval_ds, batch_size=batch_size, device=device, sigmas=sigmas)
+            report["stage1"] = stage1_metrics(result=s1)
+            if s1.ssim is None:
+                notes.add(f"SSIM skipped: images {info.image_size} are smaller than its 11x11 window")
+            plot_code_histogram(report["stage1"]["code_counts"], tmp / "codes_histogram.png")
+            images["codes_histogram"] = "codes_histogram.png"
+            x, r = s1.preview
+            per_row = min(8, x.shape[0])
+            rows = [t for st in range(0, x.shape[0], per_row) for t in (x[st : st + per_row],
+                                                                         r[st : st + per_row])]
+            save_grid(torch.cat(rows), tmp / "reconstructions.png", nrow=per_row)
+            images["reconstructions"] = "reconstructions.png"
+            timings["stage1"] = time.monotonic() - t0
+            log(f"stage one: PSNR {report['stage1']['psnr_db']:.2f} dB ({timings['stage1']:.1f}s)")
+
+        if others:
+            t0 = time.monotonic()
+            report["comparison"] = _comparison_section(
+                [(vqvae_path, lit), *others], train_ds, eval_ds, tmp, images, notes,
+                config=config, batch_size=batch_size, device=device, cache_dir=cache_dir,
+                seed=seed, log=log)
+            timings["comparison"] = time.monotonic() - t0
 
         if prior is None:
             notes.add("no --prior: stage two, the bits/dim bound and samples are skipped")
@@ -236,6 +252,56 @@ def evaluate(
         write_html(report, tmp / "index.html")
     log(f"report: {out / 'index.html'} and {out / 'metrics.json'}")
     return report
+
+
+def _comparison_section(models: list, train_ds, eval_ds, tmp: Path, images: dict, notes: Notes,
+                        *, config: dict, batch_size: int, device: str, cache_dir: Path,
+                        seed: int, log: Callable[[str], None]) -> dict:
+    """The side-by-side table and figure of :mod:`pipeline.evaluation.compare`."""
+    from pipeline.evaluation import compare as C
+    from pipeline.evaluation.classifier import classify
+    from stage1_vqvae.lit import has_codes
+    from stage1_vqvae.runtime.grid import save_grid
+
+    main_hp = models[0][1].hparams
+    for path, other in models[1:]:
+        hp = other.hparams
+        if int(hp.channels) != int(main_hp.channels) or tuple(hp.image_size) != tuple(main_hp.image_size):
+            raise UserError(f"--compare {path}: its images are {hp.channels}x{tuple(hp.image_size)}, "
+                            f"the --vqvae's {main_hp.channels}x{tuple(main_hp.image_size)}; compare "
+                            "models of the same data")
+    info = train_ds.info
+    classifier = None
+    if info.num_classes >= 2 and min(len(eval_ds), len(train_ds)) >= 2:
+        classifier, _ = get_classifier(train_ds, cache_dir, val_fraction=float(main_hp.val_fraction),
+                                       split_seed=int(main_hp.seed), config=config, device=device,
+                                       log=log)
+    else:
+        notes.add("no class labels: the comparison has no reconstruction Fréchet distance")
+    rows, passes, names = [], [], []
+    real_feats = None
+    for path, lit in models:
+        passed = C.reconstruct_all(lit, eval_ds, batch_size=batch_size, device=device, seed=seed)
+        if classifier is not None and real_feats is None:
+            real_feats, _ = classify(classifier, passed["originals"], device=device)
+        train_codes = (train_code_maps(lit, path, train_ds, batch_size=batch_size, device=device)[0]
+                       if has_codes(lit) else None)
+        name = f"{C.kind_of(lit)} ({Path(path).parent.name or Path(path).stem})"
+        rows.append(C.model_row(name, lit, str(path), passed, train_codes=train_codes,
+                                classifier=classifier, real_features=real_feats, device=device))
+        passes.append(passed)
+        names.append(name)
+        log(f"compare: {name}: PSNR {rows[-1]['psnr_db']:.2f} dB, sharpness "
+            f"{rows[-1]['sharpness_ratio']:.3f}")
+    grid, labels = C.comparison_figure_rows(passes, names)
+    save_grid(grid, tmp / "comparison.png", nrow=grid.shape[0] // len(labels), row_labels=labels)
+    images["comparison"] = "comparison.png"
+    return {"rows": rows, "definitions": {
+        "sharpness_ratio": "sum of squared neighbour differences of the reconstructions / of "
+                           "the originals (1 = as sharp as the data)",
+        "rfd": "Fréchet distance between the classifier features of the reconstructions and "
+               "of the same originals",
+        "bits_per_dim": C.BITS_PER_DIM_DEFINITION}}
 
 
 def _samples_section(prior, lit, train_ds, eval_ds, tmp: Path, images: dict, notes: Notes,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stage1_vqvae.lit import LitVQVAE, load_vqvae
+from stage1_vqvae.lit import LitVQVAE, load_vqvae, require_codes
 from stage1_vqvae.runtime.checkpoint import file_sha256
 from stage1_vqvae.runtime.errors import MissingInputError, UserError
 from stage1_vqvae.runtime.grid import save_grid, save_png
@@ -69,6 +69,7 @@ def load_pair(
             )
         vqvae_path = recorded
     vqvae = load_vqvae(vqvae_path, device)
+    require_codes(vqvae, vqvae_path)
     check_compatible(prior, vqvae)
     want = prior.hparams.vqvae_sha256
     if want and file_sha256(vqvae_path) != want:
@@ -114,7 +115,7 @@ def check_memory(num: int, vqvae: LitVQVAE) -> None:
 
 @dataclass
 class Samples:
-    codes: torch.Tensor          # int64 (N, h, w)
+    codes: torch.Tensor | None   # int64 (N, h, w); None for a Gaussian VAE's samples
     images: torch.Tensor         # float (N, C, H, W) in [0, 1]
     labels: torch.Tensor | None  # int64 (N,) or None (unconditional)
 
@@ -212,14 +213,29 @@ def save_codes(path: str | os.PathLike, codes: torch.Tensor) -> None:
     np.save(path, codes.cpu().numpy().astype(dtype))
 
 
+@torch.inference_mode()
+def sample_gaussian(vae: LitVQVAE, num: int, *, seed: int = 0, batch_size: int = 64,
+                    device: str = "cpu") -> Samples:
+    """``num`` images of a Gaussian VAE (a :class:`~stage1_vqvae.lit.LitGaussianVAE`) decoded
+    from z ~ N(0, I); same seed, device and batch size -> the same images."""
+    if num <= 0:
+        raise UserError(f"--num {num} must be positive")
+    model = vae.model.to(device).eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    images = [model.sample(min(batch_size, num - s), generator=gen, device=device).cpu()
+              for s in range(0, num, batch_size)]
+    return Samples(None, torch.cat(images), None)
+
+
 def write_samples(
     out: str | os.PathLike, samples: Samples, *, class_names: list[str], nrow: int,
     settings: dict,
 ) -> Path:
     """Write ``grid.png`` (rows labelled by class when there are classes), one PNG per
-    image, ``codes.npy`` (uint16/int32), ``labels.npy`` and ``samples.json``, atomically."""
+    image, ``codes.npy`` (uint16/int32, when there are codes), ``labels.npy`` and
+    ``samples.json``, atomically."""
     out = Path(out)
-    n = samples.codes.shape[0]
+    n = samples.images.shape[0]
     with owned_output_dir(out, SAMPLES_MANIFEST, {**settings, "count": n}) as tmp:
         for i in range(n):
             save_png(samples.images[i], tmp / f"{i:06d}.png")
@@ -231,7 +247,8 @@ def write_samples(
             if row_labels is not None and len(row_labels) != (n + nrow - 1) // nrow:
                 row_labels = None
         save_grid(samples.images, tmp / "grid.png", nrow=nrow, row_labels=row_labels)
-        save_codes(tmp / "codes.npy", samples.codes)
+        if samples.codes is not None:
+            save_codes(tmp / "codes.npy", samples.codes)
         if samples.labels is not None:
             np.save(tmp / "labels.npy", samples.labels.numpy().astype(np.int64))
     return out

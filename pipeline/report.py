@@ -202,6 +202,18 @@ def write_html(report: dict, path: str | os.PathLike) -> None:
         parts.append('<p class="muted">odd rows: held-out originals; even rows: reconstructions</p>')
         parts.append(_img(images, "codes_histogram", "code usage histogram"))
 
+    cmp = report.get("comparison")
+    if cmp:
+        parts.append("<h2>Stage-one models side by side</h2>")
+        parts.append(_table(
+            ["model", "PSNR (dB)", "SSIM", "sharpness ratio", "rFD", "bits/dim", "codebook usage"],
+            [[r["name"], r["psnr_db"], r["ssim"], r["sharpness_ratio"], r["rfd"],
+              r["bits_per_dim"], r["codebook_usage"]] for r in cmp["rows"]]))
+        parts.append("<ul>" + "".join(f"<li>{_e(k)}: {_e(v)}</li>"
+                                      for k, v in cmp["definitions"].items()) + "</ul>")
+        parts.append(_img(images, "comparison", "the same held-out images, reconstructed by each model"))
+        parts.append('<p class="muted">first row: held-out originals; then one row per model</p>')
+
     parts.append("<h2>Stage two: prior</h2>")
     if s2:
         b = s2["baselines"]

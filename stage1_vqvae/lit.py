@@ -20,6 +20,9 @@ from torch import Tensor
 
 from .data.preview import balanced_pick
 from .data.spec import MAX_IMAGE_SIDE
+from .gaussian import NO_CODES
+from .lit_gan import VQGANTraining
+from .lit_gaussian import GaussianTraining
 from .metrics import perplexity, psnr_from_mse
 from .model import VQVAE
 from .quantizer import code_counts
@@ -30,8 +33,10 @@ from .runtime.checkpoint import (
     hparams_mismatch,
     is_int,
     migrate_checkpoint,
+    read_checkpoint,
     rebuild_module,
 )
+from .runtime.errors import UserError
 from .runtime.trainer import warmup_cosine
 
 PRESETS: dict[str, dict[str, object]] = {
@@ -177,7 +182,7 @@ class LitVQVAE(pl.LightningModule):
             return
         from torchvision.utils import save_image
 
-        recon = self.model.decode_codes(self.model.encode(images.to(self.device)))
+        recon = self.model.reconstruct(images.to(self.device))
         preview = torch.cat([images, recon.float().cpu()])
         n = images.shape[0]
         path = Path(self.preview_dir) / f"recon_epoch{self.current_epoch:03d}.png"
@@ -216,6 +221,8 @@ def _vqvae_hparams_problem(hp: dict, state: dict) -> str | None:
         "num_res": (len(res), "the encoder's residual blocks"),
         "downsample": (2 ** len(down), "the encoder's strided convolutions"),
     }
+    if hp.get("bottleneck", "vq") == "gaussian":  # no codebook: a Gaussian latent
+        del implied["num_codes"], implied["code_dim"]
     why = hparams_mismatch(hp, implied)
     if why:
         return why
@@ -228,11 +235,50 @@ def _vqvae_hparams_problem(hp: dict, state: dict) -> str | None:
     return classes_problem(hp)
 
 
+# ----------------------------------------------------------------- the stage-one family
+# The VQ-GAN and the Gaussian VAE are the VQ-VAE's module with another training (mixins in
+# lit_gan.py / lit_gaussian.py, which do not import this module); assembled here so that
+# load_vqvae rebuilds any of the three from a checkpoint's hyper-parameters alone.
+
+
+class LitVQGAN(VQGANTraining, LitVQVAE):
+    """The VQ-VAE trained with the VQ-GAN loss (a PatchGAN discriminator, hinge losses,
+    feature matching, adaptive weight; see :mod:`stage1_vqvae.lit_gan`)."""
+
+
+class LitGaussianVAE(GaussianTraining, LitVQVAE):
+    """The same encoder / decoder around a diagonal Gaussian latent (no codes; see
+    :mod:`stage1_vqvae.lit_gaussian`)."""
+
+
+def stage_one_class(hparams: dict) -> type[LitVQVAE]:
+    """The module class a checkpoint's (or a new run's) hyper-parameters describe."""
+    if hparams.get("bottleneck", "vq") == "gaussian":
+        return LitGaussianVAE
+    if hparams.get("gan", False):
+        return LitVQGAN
+    return LitVQVAE
+
+
+def has_codes(lit: LitVQVAE) -> bool:
+    """False for the Gaussian VAE: no discrete codes to encode, dump or model with a prior."""
+    return lit.hparams.get("bottleneck", "vq") != "gaussian"
+
+
+def require_codes(lit: LitVQVAE, path: str | os.PathLike) -> None:
+    """Raise a one-line UserError when ``lit`` (loaded from ``path``) has no codes."""
+    if not has_codes(lit):
+        raise UserError(f"{path} {NO_CODES}")
+
+
 def load_vqvae(path: str | os.PathLike, map_location: str | torch.device = "cpu",
               checkpoint: dict | None = None) -> LitVQVAE:
-    """Rebuild a trained :class:`LitVQVAE` (eval mode) from its checkpoint alone (``checkpoint``:
-    the dict already read from ``path``, if the caller has it)."""
-    return rebuild_module(LitVQVAE, path, "vqvae", map_location, checkpoint)
+    """Rebuild a trained stage-one module (eval mode) from its checkpoint alone: a
+    :class:`LitVQVAE`, :class:`LitVQGAN` or :class:`LitGaussianVAE`, as its hyper-parameters
+    say (``checkpoint``: the dict already read from ``path``, if the caller has it)."""
+    ckpt = checkpoint if checkpoint is not None else read_checkpoint(path, "vqvae")
+    cls = stage_one_class(dict(ckpt.get("hyper_parameters") or {}))
+    return rebuild_module(cls, path, "vqvae", map_location, ckpt)
 
 
 LitVQVAE.hparams_problem = staticmethod(_vqvae_hparams_problem)

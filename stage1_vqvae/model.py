@@ -158,6 +158,12 @@ class VQVAE(nn.Module):
         return self.quantizer.quantize(self.encoder(images))
 
     @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """images (B, C, H, W) in [0, 1] -> decoded codes, same shape, in [0, 1] (the
+        Gaussian VAE has the same method, decoding its posterior mean)."""
+        return self.decode_codes(self.encode(images))
+
+    @torch.no_grad()
     def decode_codes(self, codes: Tensor) -> Tensor:
         """codes int64 (B, h, w) in [0, num_codes) -> images float (B, C, H', W') in [0, 1].
 

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 from .codes import is_code_map_folder, is_unfinished_code_map_folder
 from .data import SPLITS, VQDataModule
 from .encode import encode_dataset
-from .lit import LitVQVAE, load_vqvae
+from .lit import LitVQVAE, has_codes, load_vqvae, stage_one_class
 from .runtime.checkpoint import file_sha256, read_checkpoint
 from .runtime.data_order import saved_loader_state
 from .runtime.outputs import claim_output_dir
@@ -67,7 +67,9 @@ def train_vqvae(
 ) -> TrainResult:
     """Fit a :class:`LitVQVAE` and (on rank 0) write code maps for every split.
 
-    model_args: LitVQVAE init arguments (ignored on resume: the checkpoint is the config).
+    model_args: LitVQVAE init arguments (ignored on resume: the checkpoint is the config);
+    ``gan=True`` plus the VQ-GAN's arguments trains a :class:`LitVQGAN`,
+    ``bottleneck="gaussian"`` a :class:`LitGaussianVAE` (which writes no code maps).
     data_args: data, data_root, download, channels, image_size, batch_size, num_workers,
     val_fraction, seed. trainer_args: :func:`make_trainer` keyword arguments.
     """
@@ -99,7 +101,7 @@ def train_vqvae(
     dm.setup("fit")
     if ckpt_path is None:
         info = dm.info
-        lit = LitVQVAE(
+        lit = stage_one_class(model_args)(
             **model_args, data=data_args["data"], data_root=str(data_args.get("data_root", "data")),
             channels=data_args["channels"], image_size=tuple(data_args["image_size"]),
             batch_size=data_args["batch_size"], val_fraction=data_args.get("val_fraction", 0.1),
@@ -121,7 +123,7 @@ def train_vqvae(
     last = out / "last.ckpt"
     best = out / "best.ckpt"
     codes: dict[str, Path] = {}
-    if write_codes and trainer.is_global_zero:
+    if write_codes and trainer.is_global_zero and has_codes(lit):
         final = load_vqvae(last)
         codes = write_all_code_maps(final, dm, out / "codes", last, device=device)
     return TrainResult(out, last, best if best.exists() else None, codes, metrics,

@@ -154,6 +154,10 @@ def check_outputs(cwd: Path, command: str, stdout: str) -> None:
         run = cwd / _option(command, "--out")
         assert (run / "last.ckpt").is_file() and (run / "best.ckpt").is_file()
         assert list((run / "previews").glob("*.png")), "no reconstruction grid per epoch"
+        if "--bottleneck gaussian" in command:  # a continuous VAE: no codes, an ELBO instead
+            assert not (run / "codes").exists()
+            assert {"val/recon_loss", "val/psnr", "val/bits_per_dim"} <= _csv_columns(run)
+            return
         for split, count in (("train", 4500), ("val", 500)):
             _code_maps(run / "codes" / split, count)
         assert {"val/recon_loss", "val/psnr", "val/perplexity", "val/codebook_usage"} \
@@ -188,6 +192,11 @@ def check_outputs(cwd: Path, command: str, stdout: str) -> None:
         out = cwd / _option(command, "--out")
         metrics = json.loads((out / "metrics.json").read_text())
         assert {"stage1", "stage2", "samples"} <= set(metrics)
+        if "--compare" in command:  # one row per model and the side-by-side figure
+            names = shlex.split(command)
+            assert len(metrics["comparison"]["rows"]) == 1 + len(
+                names[names.index("--compare") + 1 : names.index("--out")])
+            assert (out / "comparison.png").is_file()
         page = (out / "index.html").read_text()
         assert '<img src="' in page and list(out.glob("*.png"))
     elif verb == "compress":

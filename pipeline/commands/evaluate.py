@@ -43,6 +43,9 @@ def add_evaluate(subs) -> None:
     s.add_argument("--classifier-cache", default=None,
                    help="folder of the cached scoring classifier (default: $VQGEN_CACHE_DIR, "
                    "else the user's cache folder, e.g. ~/.cache/vqgen)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="CKPT",
+                   help="more stage-one checkpoints (VQ-VAE, VQ-GAN, Gaussian VAE) to put beside "
+                   "--vqvae in one table and one figure of the same held-out images")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     p.add_argument("--out", required=True, help="report folder (metrics.json, index.html, PNGs)")
@@ -65,7 +68,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split=args.split, guidance=args.guidance, temperature=args.temperature,
         batch_size=args.batch_size, device=resolve_device(args.device),
         classifier_cache=args.classifier_cache, data_root=args.data_root, download=args.download,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, compare=args.compare,
     )
     print(summary_table(report))
     return 0
@@ -74,11 +77,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def summary_table(report: dict) -> str:
     """A few lines: the headline numbers of a report, with baselines and references."""
     rows: list[tuple[str, str]] = []
-    s1 = report["stage1"]
-    rows.append(("reconstruction", f"PSNR {format_number(s1['psnr_db'], '.2f')} dB, "
-                 f"SSIM {format_number(s1['ssim'], '.3f')}, MSE {format_number(s1['mse'], '.5f')}"))
-    rows.append(("codebook", f"usage {s1['codebook_usage']:.1%} ({s1['codes_used']}/{s1['num_codes']}), "
-                 f"perplexity {s1['perplexity']:.1f}"))
+    s1 = report["stage1"] or {}
+    if s1:
+        rows.append(("reconstruction", f"PSNR {format_number(s1['psnr_db'], '.2f')} dB, SSIM "
+                     f"{format_number(s1['ssim'], '.3f')}, MSE {format_number(s1['mse'], '.5f')}"))
+        rows.append(("codebook", f"usage {s1['codebook_usage']:.1%} ({s1['codes_used']}/"
+                     f"{s1['num_codes']}), perplexity {s1['perplexity']:.1f}"))
     s2 = report.get("stage2")
     if s2:
         b = s2["baselines"]
@@ -103,9 +107,15 @@ def summary_table(report: dict) -> str:
         rows.append(("unconditional", f"FD {unc['fd']:.2f}, class entropy "
                      f"{unc['class_entropy_nats']:.3f} nats "
                      f"({unc['class_entropy_fraction_of_log_k']:.1%} of log K)"))
-    width = max(len(k) for k, _ in rows)
+    width = max((len(k) for k, _ in rows), default=0)
     lines = [f"  {k:<{width}}  {v}" for k, v in rows]
     notes = report.get("notes") or []
+    cmp = report.get("comparison")
+    if cmp:
+        from pipeline.evaluation.compare import comparison_table
+
+        lines.append("comparison (same held-out images; sharp = gradient energy ratio, 1 = data):")
+        lines.append(comparison_table(cmp["rows"]))
     if notes:
         lines.append(f"  {len(notes)} note(s) in the report")
     return "\n".join(lines)

@@ -50,6 +50,7 @@ def add_train_vqvae(subs) -> None:
                    help="restart codes unused this many steps (default 50; 0 = never)")
     g.add_argument("--lr", type=non_negative_float, default=None)
     g.add_argument("--batch-size", type=positive_int, default=None)
+    add_family_args(p)
     add_trainer_args(p)
     p.add_argument("--no-codes", action="store_true", help="skip writing code maps after training")
     p.add_argument("--device", default="auto", help="device for the final encode (default auto)")
@@ -86,7 +87,53 @@ def vqvae_config(args: argparse.Namespace) -> tuple[dict, dict, int]:
         val_fraction=0.1 if args.val_fraction is None else args.val_fraction, seed=args.seed,
     )
     max_epochs = int(preset.pop("max_epochs"))
+    preset.update(family_config(args))
     return preset, data_args, max_epochs
+
+
+GAN_FLAGS = {"disc_start": "--disc-start", "disc_weight": "--disc-weight", "disc_lr": "--disc-lr",
+             "disc_width": "--disc-width", "disc_layers": "--disc-layers",
+             "rec_loss": "--rec-loss", "perceptual": "--perceptual",
+             "perceptual_weight": "--perceptual-weight"}
+
+
+def add_family_args(p: argparse.ArgumentParser) -> None:
+    """The VQ-GAN loss and the Gaussian bottleneck (the stage-one family)."""
+    g = p.add_argument_group("VQ-GAN and VAE (same encoder / decoder, other training)")
+    g.add_argument("--gan", action="store_true",
+                   help="VQ-GAN: add a PatchGAN discriminator (hinge loss, adaptive weight) and "
+                   "feature matching; the checkpoint is used like a VQ-VAE's")
+    g.add_argument("--disc-start", type=int, default=None,
+                   help="steps before the discriminator switches on (default 500)")
+    g.add_argument("--disc-weight", type=float, default=None,
+                   help="factor on the adaptive adversarial weight (default 0.8)")
+    g.add_argument("--disc-lr", type=float, default=None, help="discriminator lr (default 2e-4)")
+    g.add_argument("--disc-width", type=positive_int, default=None, help="default 64")
+    g.add_argument("--disc-layers", type=positive_int, default=None,
+                   help="stride-2 layers (default by image size: 1 at 28-32 px, 16 px patches)")
+    g.add_argument("--rec-loss", choices=["mse", "l1"], default=None,
+                   help="VQ-GAN reconstruction loss (default mse, as the VQ-VAE)")
+    g.add_argument("--perceptual", choices=["features", "lpips", "none"], default=None,
+                   help="features: feature matching on the discriminator (default, offline); "
+                   "lpips: needs the lpips package and its VGG16 weights")
+    g.add_argument("--perceptual-weight", type=float, default=None, help="default 1.0")
+    g.add_argument("--bottleneck", choices=["vq", "gaussian"], default="vq",
+                   help="gaussian: a continuous VAE baseline (KL to N(0, I); no codes)")
+
+
+def family_config(args: argparse.Namespace) -> dict:
+    """The model arguments --gan / --bottleneck add (none for a plain VQ-VAE)."""
+    given = {k: getattr(args, k) for k in GAN_FLAGS if getattr(args, k, None) is not None}
+    if args.bottleneck == "gaussian":
+        if args.gan or given:
+            raise UsageError("--bottleneck gaussian has no codebook to train adversarially; drop "
+                             "--gan and the --disc-* / --rec-loss / --perceptual options")
+        return {"bottleneck": "gaussian"}
+    if not args.gan:
+        if given:
+            raise UsageError(f"{GAN_FLAGS[next(iter(given))]} is a VQ-GAN option; add --gan")
+        return {}
+    return {"gan": True, **given}
 
 
 def cmd_train_vqvae(args: argparse.Namespace) -> int:
@@ -102,7 +149,7 @@ def cmd_train_vqvae(args: argparse.Namespace) -> int:
     if not res.is_global_zero:
         return 0
     print_metrics(res.metrics, ("val/recon_loss", "val/psnr", "val/codebook_usage",
-                                 "val/perplexity"))
+                                 "val/perplexity", "val/bits_per_dim"))
     print(f"checkpoint: {res.last}")
     if res.best:
         print(f"best:       {res.best}")
@@ -136,7 +183,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     from stage1_vqvae.data import SPLITS
     from stage1_vqvae.encode import encode_dataset, encode_dataset_distributed
-    from stage1_vqvae.lit import load_vqvae
+    from stage1_vqvae.lit import load_vqvae, require_codes
     from stage1_vqvae.runtime.checkpoint import file_sha256
     from stage1_vqvae.train import check_code_output
 
@@ -147,6 +194,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_code_output(out, args.overwrite, splits, inputs=data_inputs(args) + [("--vqvae", args.vqvae)])
     lit = load_vqvae(args.vqvae)
+    require_codes(lit, args.vqvae)
     device = resolve_device(args.device)
     datasets = {s: dataset_for(lit, args, s) for s in splits}  # fail before writing anything
     sha = file_sha256(args.vqvae)  # once for all splits
@@ -206,7 +254,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     n = min(args.num, len(ds))
     images = torch.stack([ds[i][0] for i in range(n)]).to(device)
     model = lit.model.to(device)
-    recon = model.decode_codes(model.encode(images))
+    recon = model.reconstruct(images)  # a Gaussian VAE decodes its posterior mean
     mse = float(((recon - images) ** 2).mean())
     rows = []
     per_row = min(8, n)

@@ -59,6 +59,7 @@ def prior_config(args: argparse.Namespace) -> tuple[dict, int, int]:
 def cmd_train_prior(args: argparse.Namespace) -> int:
     from stage2_prior.train import train_prior
 
+    refuse_gaussian_codes(Path(args.codes))
     model_args, batch_size, max_epochs = prior_config(args)
     res = train_prior(
         args.codes, args.out, model_args, trainer_args=trainer_kwargs(args, max_epochs),
@@ -74,11 +75,31 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_gaussian_codes(codes: Path) -> None:
+    """``--codes`` that is (or sits in the run folder of) a Gaussian VAE: say why there are no
+    codes, instead of "no code maps here"."""
+    from stage1_vqvae.gaussian import NO_CODES
+    from stage1_vqvae.lit import LitGaussianVAE, stage_one_class
+    from stage1_vqvae.runtime.checkpoint import read_checkpoint
+
+    if (codes / "train" / "meta.json").is_file():
+        return
+    candidates = [codes] if codes.suffix == ".ckpt" else [codes / "last.ckpt",
+                                                          codes.parent / "last.ckpt"]
+    for ckpt in candidates:
+        if ckpt.is_file():
+            hp = dict(read_checkpoint(ckpt, "vqvae").get("hyper_parameters") or {})
+            if stage_one_class(hp) is LitGaussianVAE:
+                raise UsageError(f"--codes {codes}: {ckpt} {NO_CODES}")
+
+
 def add_sample(subs) -> None:
     p = add_verb(subs, "sample", "Sample code grids from the prior and decode them with the VQ-VAE.")
-    p.add_argument("--prior", required=True, help="prior checkpoint (.ckpt)")
+    p.add_argument("--prior", default=None,
+                   help="prior checkpoint (.ckpt); needed except for a Gaussian VAE")
     p.add_argument("--vqvae", default=None,
-                   help="VQ-VAE checkpoint (default: the one recorded in the prior)")
+                   help="VQ-VAE checkpoint (default: the one recorded in the prior); a Gaussian "
+                   "VAE alone is sampled from z ~ N(0, I)")
     p.add_argument("--allow-other-vqvae", dest="allow_other_vqvae",
                    action="store_true",
                    help="decode with the --vqvae given even though it is not the file the "
@@ -134,6 +155,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                   writes=lambda n: numbered_png(n) or n in SAMPLE_FILES,
                   inputs=[("--prior", args.prior), ("--vqvae", args.vqvae)])
     device = resolve_device(args.device)
+    if args.prior is None:
+        return _sample_without_prior(args, out, device, num)
     prior, vqvae = load_pair(args.prior, args.vqvae, device, args.allow_other_vqvae)
     check_not_input(out, [("the prior's VQ-VAE", vqvae.checkpoint_path)])
     class_index = resolve_class(prior, args.class_)
@@ -152,4 +175,27 @@ def cmd_sample(args: argparse.Namespace) -> int:
     write_samples(out, res, class_names=list(prior.hparams.class_names), nrow=nrow,
                   settings=settings)
     print(f"samples: {out}/grid.png ({num} images; one PNG each, codes.npy)")
+    return 0
+
+
+def _sample_without_prior(args: argparse.Namespace, out: Path, device: str, num: int) -> int:
+    """``sample --vqvae`` of a Gaussian VAE: decode z ~ N(0, I); a VQ model needs --prior."""
+    from pipeline.generate import sample_gaussian, write_samples
+    from stage1_vqvae.lit import has_codes, load_vqvae
+
+    if args.vqvae is None:
+        raise UsageError("pass --prior CKPT (a VQ-VAE / VQ-GAN prior) or --vqvae CKPT of a "
+                         "Gaussian VAE")
+    if args.class_ is not None or args.per_class is not None or args.guidance != 1.0:
+        raise UsageError("--class, --per-class and --guidance need a class-conditional --prior")
+    vqvae = load_vqvae(args.vqvae, device)
+    if has_codes(vqvae):
+        raise UsageError(f"{args.vqvae} is a VQ model: sampling it needs a prior over its codes "
+                         "(--prior CKPT from `vqgen train-prior`)")
+    res = sample_gaussian(vqvae, num, seed=args.seed, batch_size=args.batch_size,
+                          device=device)
+    settings = dict(prior=None, vqvae=str(args.vqvae), latent="z ~ N(0, I)", seed=args.seed,
+                    batch_size=args.batch_size)
+    write_samples(out, res, class_names=[], nrow=args.nrow or min(8, num), settings=settings)
+    print(f"samples: {out}/grid.png ({num} images decoded from z ~ N(0, I); one PNG each)")
     return 0

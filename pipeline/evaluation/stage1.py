@@ -13,10 +13,8 @@ from torch.utils.data import DataLoader
 
 from pipeline import metrics as M
 from stage1_vqvae.data.preview import balanced_pick
+from stage1_vqvae.likelihood import SIGMA_GRID
 from stage1_vqvae.runtime.errors import UserError
-
-# sigma of p(x | z) on the [0, 1] scale: 1/1000 .. 1/2, 28 steps (ratio ~1.26)
-SIGMA_GRID: tuple[float, ...] = tuple(float(s) for s in np.geomspace(1e-3, 0.5, 28))
 
 
 @dataclass

@@ -1,0 +1,104 @@
+"""The stage-one family on one data set: VQ-VAE, VQ-GAN and Gaussian VAE with the same
+encoder / decoder (the preset's) and the same wall-clock training budget each, trained one
+after another, then scored side by side by ``vqgen evaluate --compare`` (the report's own
+functions, so the numbers are the report's).
+
+Prints one JSON object: per model the comparison row (PSNR, SSIM, sharpness ratio, rFD,
+bits/dim, codebook usage) plus steps and training images/s, and the headline ratios:
+
+- VQ-GAN vs VQ-VAE: rFD change (target <= -30%), |1 - sharpness| of each (closer to 1 is
+  better), PSNR difference (target >= -1 dB);
+- Gaussian VAE vs VQ-VAE: bits/dim and PSNR;
+- training images/s of the VQ-GAN relative to the VQ-VAE.
+
+    OMP_NUM_THREADS=1 python benchmarks/family.py --budget 210 [--data mnist5k] [--out DIR]
+        [-- extra train-vqvae flags for every model]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="mnist5k")
+    ap.add_argument("--budget", type=float, default=210.0, help="training seconds per model")
+    ap.add_argument("--out", default=None, help="folder for the runs and the report")
+    ap.add_argument("--models", default="vq,vqgan,vae")
+    ap.add_argument("--gan-flags", default="", help="extra flags for the VQ-GAN only")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep models already trained in --out (their speed.json) and train the rest")
+    args, extra = ap.parse_known_args()
+    extra = [e for e in extra if e != "--"]
+
+    from pipeline.cli import build_parser
+    from pipeline.commands.stage1 import vqvae_config
+    from pipeline.evaluate import evaluate
+    from stage1_vqvae.train import train_vqvae
+
+    tmp = tempfile.TemporaryDirectory()
+    root = Path(args.out or tmp.name)
+    flags = {"vq": [], "vqgan": ["--gan", *args.gan_flags.split()],
+             "vae": ["--bottleneck", "gaussian"]}
+    runs, speed = {}, {}
+    for name in args.models.split(","):
+        out = root / name
+        if args.reuse and (out / "speed.json").is_file():
+            speed[name] = json.loads((out / "speed.json").read_text())
+            runs[name] = out / "last.ckpt"
+            continue
+        cli = build_parser().parse_args(["train-vqvae", "--data", args.data, "--out", str(out),
+                                         "--no-codes", "--overwrite", *flags[name], *extra])
+        model_args, data_args, max_epochs = vqvae_config(cli)
+        t0 = time.perf_counter()
+        res = train_vqvae(out, model_args, data_args=data_args, overwrite=True, write_codes=False,
+                          trainer_args=dict(max_epochs=max_epochs, max_time=str(args.budget),
+                                            accelerator="cpu", quiet=True))
+        wall = time.perf_counter() - t0
+        steps = int(torch.load(res.last, weights_only=True)["global_step"])
+        speed[name] = {"steps": steps, "train_wall_s": round(wall, 1),
+                       "train_images_per_s": steps * data_args["batch_size"] / wall,
+                       "final_val": {k: v for k, v in res.metrics.items() if k.startswith("val/")}}
+        runs[name] = res.last
+        (out / "speed.json").write_text(json.dumps(speed[name]))
+        print(f"{name}: {steps} steps in {wall:.0f}s", flush=True)
+
+    names = list(runs)
+    report = evaluate(runs[names[0]], None, None, root / "report", overwrite=True,
+                      compare=[runs[n] for n in names[1:]], device="cpu",
+                      classifier_cache=root / "classifier", log=lambda s: None)
+    rows = {n: r for n, r in zip(names, report["comparison"]["rows"], strict=True)}
+    result: dict = {"data": args.data, "budget_s_per_model": args.budget,
+                    "threads": torch.get_num_threads(), "extra_flags": extra,
+                    "models": {n: {**rows[n], **speed[n]} for n in names},
+                    "report": str(root / "report")}
+    if "vq" in rows and "vqgan" in rows:
+        vq, vg = rows["vq"], rows["vqgan"]
+        result["vqgan_vs_vqvae"] = {
+            "rfd_change": (vg["rfd"] - vq["rfd"]) / vq["rfd"] if vq["rfd"] else None,
+            "sharpness_distance_from_1": {"vqvae": abs(1 - vq["sharpness_ratio"]),
+                                          "vqgan": abs(1 - vg["sharpness_ratio"])},
+            "psnr_difference_db": vg["psnr_db"] - vq["psnr_db"],
+            "train_speed_ratio": (speed["vqgan"]["train_images_per_s"]
+                                  / speed["vq"]["train_images_per_s"]),
+        }
+    if "vq" in rows and "vae" in rows:
+        result["vae_vs_vqvae"] = {
+            "bits_per_dim": {"vae": rows["vae"]["bits_per_dim"], "vqvae": rows["vq"]["bits_per_dim"]},
+            "psnr_db": {"vae": rows["vae"]["psnr_db"], "vqvae": rows["vq"]["psnr_db"]},
+        }
+    print(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
