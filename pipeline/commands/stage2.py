@@ -24,9 +24,12 @@ def add_train_prior(subs) -> None:
     p = add_verb(subs, "train-prior", f"Train the gated PixelCNN prior on code maps ({from_meta}).")
     p.add_argument("--codes", required=True, help="code folder holding train/ and val/")
     g = p.add_argument_group("model")
-    g.add_argument("--hidden", type=positive_int, default=None, help="channels (default 48)")
-    g.add_argument("--num-layers", type=positive_int, default=None, help="gated layers (default 8)")
-    g.add_argument("--kernel-size", type=int, default=None, help="odd, >= 3 (default 3)")
+    g.add_argument("--hidden", type=positive_int, default=None,
+                   help="channels (default 48; 64 from 20,000 maps, 128 on a GPU)")
+    g.add_argument("--num-layers", type=positive_int, default=None,
+                   help="gated layers (default 8, or enough to see the whole code grid)")
+    g.add_argument("--kernel-size", type=int, default=None,
+                   help="odd, >= 3 (default 3; 5 when 3 would need more than 12 layers)")
     g.add_argument("--head-hidden", type=positive_int, default=None)
     g.add_argument("--cond-drop", type=float, default=None,
                    help="probability of dropping the class in training (default 0.1), "
@@ -39,21 +42,49 @@ def add_train_prior(subs) -> None:
     p.set_defaults(func=cmd_train_prior)
 
 
-def prior_config(args: argparse.Namespace) -> tuple[dict, int, int]:
+def prior_config(args: argparse.Namespace, log=print) -> tuple[dict, int, int]:
+    """(model_args, batch_size, max_epochs): PRIOR_DEFAULTS sized for the code grid and the
+    data (:func:`stage2_prior.sizing.prior_defaults`, read from ``--codes``'s train/meta.json),
+    then the explicit flags. What was changed, and any warning, is printed through ``log``."""
+    from stage1_vqvae.codes import CodeMapError, read_meta
+    from stage1_vqvae.runtime.errors import MissingInputError
+    from stage2_prior.sizing import prior_defaults
     from stage2_prior.train import PRIOR_DEFAULTS
 
-    cfg = dict(PRIOR_DEFAULTS)
-    for key in ("hidden", "num_layers", "kernel_size", "head_hidden", "cond_drop", "lr",
-                "batch_size"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
-    if cfg["kernel_size"] < 3 or cfg["kernel_size"] % 2 == 0:
-        raise UsageError(f"--kernel-size {cfg['kernel_size']} must be odd and >= 3")
+    given = {key: getattr(args, key) for key in ("hidden", "num_layers", "kernel_size",
+                                                 "head_hidden", "cond_drop", "lr", "batch_size")
+             if getattr(args, key) is not None}
+    if given.get("kernel_size", 3) < 3 or given.get("kernel_size", 3) % 2 == 0:
+        raise UsageError(f"--kernel-size {given['kernel_size']} must be odd and >= 3")
+    cfg, reasons = {**PRIOR_DEFAULTS, **given}, []
+    # on --resume the checkpoint is the config; an unreadable --codes gets train_prior's error
+    if not getattr(args, "resume", False):
+        try:
+            meta = read_meta(Path(args.codes) / "train")
+        except (CodeMapError, MissingInputError):
+            meta = None
+        if meta is not None:
+            cfg, reasons = prior_defaults(PRIOR_DEFAULTS, tuple(meta["code_shape"]),
+                                          int(meta["count"]), gpu=uses_gpu(args.accelerator),
+                                          given=given)
+    for line in reasons:
+        log(line if line.startswith("warning:") else f"prior: {line}")
     if not 0 <= cfg["cond_drop"] < 1:
         raise UsageError(f"--cond-drop {cfg['cond_drop']} must be in [0, 1)")
     batch_size = cfg.pop("batch_size")
     max_epochs = cfg.pop("max_epochs")
     return cfg, batch_size, max_epochs
+
+
+def uses_gpu(accelerator: str) -> bool:
+    """Whether Lightning's ``--accelerator`` choice trains on a GPU (auto: one is present)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda", "mps"):
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return accelerator == "auto" and (torch.cuda.is_available()
+                                      or bool(mps and mps.is_available()))
 
 
 def cmd_train_prior(args: argparse.Namespace) -> int:
