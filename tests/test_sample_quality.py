@@ -97,3 +97,21 @@ def test_a_wrong_weights_file_is_refused_in_one_line(prior_ckpt: Path, tmp_path:
                "--inception-weights", str(tmp_path / "missing.pth")])
     assert_usage_error(rc, capsys.readouterr().err, "evaluate", "not a file")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, guidance, temperature, defaults", [
+    (["--per-class", "1"], 2.0, 0.9, ["guidance", "temperature"]),
+    (["--class", "3", "--num", "2", "--guidance", "3"], 3.0, 0.9, ["temperature"]),
+    (["--num", "2"], 1.0, 1.0, ["guidance", "temperature"]),  # no class: no guidance
+])
+def test_sample_defaults_follow_the_measurements_and_are_recorded(
+        prior_ckpt: Path, tmp_path: Path, extra, guidance, temperature, defaults):  # noqa: F811
+    from pipeline.defaults import SAMPLE_GUIDANCE, SAMPLE_TEMPERATURE
+
+    assert (SAMPLE_GUIDANCE, SAMPLE_TEMPERATURE) == (2.0, 0.9)  # benchmarks/guidance.py's pick
+    out = tmp_path / "s"
+    assert main(["sample", "--prior", str(prior_ckpt), "--device", "cpu", "--out", str(out),
+                 *extra]) == 0
+    rec = json.loads((out / "samples.json").read_text())
+    assert (rec["guidance"], rec["temperature"]) == (guidance, temperature)
+    assert rec["defaults_used"] == defaults

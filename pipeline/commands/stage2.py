@@ -17,6 +17,7 @@ from pipeline.commands.common import (
     seed_arg,
     trainer_kwargs,
 )
+from pipeline.defaults import SAMPLE_GUIDANCE, SAMPLE_TEMPERATURE
 
 
 def add_train_prior(subs) -> None:
@@ -120,11 +121,14 @@ def add_sample(subs) -> None:
                    "named 1)")
     p.add_argument("--per-class", type=int, default=None,
                    help="N samples of every class, one row per class")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"softmax temperature (default {SAMPLE_TEMPERATURE:g} with --class/--per-class, "
+                   "else 1)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale (1 = none; needs a class)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help=f"classifier-free guidance scale (1 = none; needs a class; default "
+                   f"{SAMPLE_GUIDANCE:g} with --class/--per-class, chosen by benchmarks/guidance.py)")
     p.add_argument("--seed", type=seed_arg, default=0,
                    help="same seed, same samples, whatever --batch-size (default 0)")
     p.add_argument("--batch-size", type=positive_int, default=64)
@@ -135,6 +139,17 @@ def add_sample(subs) -> None:
     p.add_argument("--out", required=True, help="folder for grid.png, NNNNNN.png, codes.npy")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_sample)
+
+
+def sampling_settings(args: argparse.Namespace, conditional: bool) -> tuple[float, float, list[str]]:
+    """(guidance, temperature, names of the two that came from the defaults): the measured
+    class-conditional defaults (pipeline/defaults.py) with a class, 1 and 1 without."""
+    chosen = [n for n in ("guidance", "temperature") if getattr(args, n) is None]
+    guidance = args.guidance if args.guidance is not None else (
+        SAMPLE_GUIDANCE if conditional else 1.0)
+    temperature = args.temperature if args.temperature is not None else (
+        SAMPLE_TEMPERATURE if conditional else 1.0)
+    return guidance, temperature, chosen
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -171,15 +186,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     labels = make_labels(prior, num, class_index, args.per_class)
     num = num if args.per_class is None else int(labels.shape[0])
     check_memory(num, vqvae)
-    res = sample(prior, vqvae, num, labels=labels, temperature=args.temperature,
-                 top_k=args.top_k, top_p=args.top_p, guidance=args.guidance, seed=args.seed,
+    guidance, temperature, chosen = sampling_settings(args, labels is not None)
+    res = sample(prior, vqvae, num, labels=labels, temperature=temperature,
+                 top_k=args.top_k, top_p=args.top_p, guidance=guidance, seed=args.seed,
                  batch_size=args.batch_size, device=device, sampler=args.sampler)
     nrow = args.nrow or (args.per_class if args.per_class else min(8, num))
     settings = dict(prior=str(args.prior), vqvae=str(getattr(vqvae, "checkpoint_path", "")),
                     class_index=class_index, per_class=args.per_class,
-                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
-                    sampler=args.sampler)
+                    temperature=temperature, top_k=args.top_k, top_p=args.top_p,
+                    guidance=guidance, seed=args.seed, batch_size=args.batch_size,
+                    sampler=args.sampler, defaults_used=chosen)
     write_samples(out, res, class_names=list(prior.hparams.class_names), nrow=nrow,
                   settings=settings)
     print(f"samples: {out}/grid.png ({num} images; one PNG each, codes.npy)")
