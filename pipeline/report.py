@@ -286,12 +286,11 @@ def _samples_html(sm: dict, st: dict) -> str:
                      f"distance (FD) compares its {clf.get('config', {}).get('features', '')}-dim "
                      "penultimate features with those of the whole held-out split "
                      f"({refs['num_eval_images']} images). Lower is better.</p>")
-        pr_real = refs.get("precision_recall_real") or {}
-        pr_blur = refs.get("precision_recall_blurred") or {}
         rows = [["real training images (floor)", refs["num_reference"], refs["fd_real_vs_real"],
-                 pr_real.get("precision"), pr_real.get("recall"), "", ""],
+                 refs.get("precision_real"), refs.get("recall_real"), "", ""],
                 ["training images, 3x3 box blur (slightly off)", refs["num_reference"],
-                 refs["fd_blurred_vs_real"], pr_blur.get("precision"), pr_blur.get("recall"), "", ""]]
+                 refs["fd_blurred_vs_real"], refs.get("precision_blurred"),
+                 refs.get("recall_blurred"), "", ""]]
         cond, unc = sm.get("conditional"), sm.get("unconditional")
         if cond:
             rows.append([f"class-conditional samples (guidance {cond['guidance']:g}, "

@@ -77,7 +77,7 @@ def test_inception_fid_kid_beside_the_classifier_fd(tiny_vqvae_run: Path, prior_
         assert 0 <= rep["samples"][kind]["precision"] <= 1 and 0 <= rep["samples"][kind]["recall"] <= 1
     assert inc["weights_sha256"] == inception.check_weights(weights)
     refs = rep["samples"]["references"]
-    assert refs["precision_recall_real"]["k"] == 3
+    assert 0 <= refs["precision_blurred"] <= 1 and 0 <= refs["recall_real"] <= 1
     written = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert written["samples"]["inception"]["conditional"]["fid"] == inc["conditional"]["fid"]
     html = (tmp_path / "report" / "index.html").read_text()

@@ -49,8 +49,8 @@ def reference_metrics(classifier: SmallCNN, eval_ds, train_ds, num: int, *, seed
         "num_reference": int(num),
         "fd_real_vs_real": M.frechet_distance(tr_feats, ev_feats),
         "fd_blurred_vs_real": M.frechet_distance(bl_feats, ev_feats),
-        "precision_recall_real": precision_recall(ev_feats, tr_feats),
-        "precision_recall_blurred": precision_recall(ev_feats, bl_feats),
+        **{f"{m}_{name}": v for name, feats in (("real", tr_feats), ("blurred", bl_feats))
+           for m, v in precision_recall(ev_feats, feats).items() if m != "k"},
         "heldout_class_entropy_nats": M.entropy(np.bincount(ev_pred, minlength=k)),
         "_eval_features": ev_feats,
     }
