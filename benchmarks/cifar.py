@@ -68,10 +68,13 @@ def main() -> None:
             ["train-prior", "--codes", str(vq / "codes"), "--max-time",
              str(int(args.prior_minutes * 60)), "--out", str(prior), "--overwrite"],
             runs / "train_prior.log")
-    out["prior_log_tail"] = (runs / "train_prior.log").read_text().splitlines()[-4:]
+    prior_log = (runs / "train_prior.log").read_text().splitlines()
+    out["prior_inferred"] = [ln for ln in prior_log if ln.startswith(("prior:", "warning:"))]
+    out["prior_log_tail"] = prior_log[-3:]
     out["wall_s"]["evaluate"] = run(
         ["evaluate", "--prior", str(prior / "last.ckpt"), "--num-samples", str(args.num_samples),
-         "--out", str(report), "--overwrite"], runs / "evaluate.log")
+         "--classifier-cache", str(runs / "classifier_cache"), "--out", str(report),
+         "--overwrite"], runs / "evaluate.log")
 
     m = json.loads((report / "metrics.json").read_text())
     s1, s2, sm = m["stage1"], m["stage2"], m["samples"] or {}
