@@ -7,7 +7,9 @@ extracted somewhere outside the repository; not part of the test suite.
     OMP_NUM_THREADS=2 python benchmarks/cifar.py --data /work/runs/cifar-data/train \\
         --runs /work/runs/cifar
 
-Steps (each skipped when its run already finished, so an interrupted benchmark resumes):
+Steps (each skipped when its output is complete -- RUNS/vq/codes/val/meta.json, a
+"checkpoint:" line in RUNS/train_prior.log, RUNS/report/metrics.json -- so an interrupted
+benchmark resumes):
 1. ``vqgen train-vqvae --data folder:DATA`` with no --preset (channels, size, preset inferred),
    ``--val-fraction 0.1``, ``--max-time`` (default 20 min) and ``--max-epochs`` (default 5: the
    preset's 50 would stop the cosine schedule near its peak when the time budget ends it);
@@ -56,31 +58,34 @@ def main() -> None:
     out: dict = {"data": args.data, "threads": os.environ.get("OMP_NUM_THREADS"),
                  "wall_s": {}}
 
-    if not (vq / "done.json").is_file():
+    if not (vq / "codes" / "val" / "meta.json").is_file():
         out["wall_s"]["train_vqvae_and_encode"] = run(
             ["train-vqvae", "--data", f"folder:{args.data}", "--val-fraction", "0.1",
              "--max-time", str(int(args.vq_minutes * 60)), "--max-epochs", str(args.vq_epochs),
              "--out", str(vq), "--overwrite"], runs / "train_vqvae.log")
     out["inferred"] = [ln.strip() for ln in (runs / "train_vqvae.log").read_text().splitlines()
                        if ln.startswith(("folder ", "inferred:", "  because", "note:"))]
-    if not (prior / "done.json").is_file():
+    prior_log_path = runs / "train_prior.log"
+    if not (prior_log_path.is_file() and "checkpoint:" in prior_log_path.read_text()):
         out["wall_s"]["train_prior"] = run(
             ["train-prior", "--codes", str(vq / "codes"), "--max-time",
              str(int(args.prior_minutes * 60)), "--out", str(prior), "--overwrite"],
             runs / "train_prior.log")
-    prior_log = (runs / "train_prior.log").read_text().splitlines()
+    prior_log = prior_log_path.read_text().splitlines()
     out["prior_inferred"] = [ln for ln in prior_log if ln.startswith(("prior:", "warning:"))]
     out["prior_log_tail"] = prior_log[-3:]
-    out["wall_s"]["evaluate"] = run(
-        ["evaluate", "--prior", str(prior / "last.ckpt"), "--num-samples", str(args.num_samples),
-         "--classifier-cache", str(runs / "classifier_cache"), "--out", str(report),
-         "--overwrite"], runs / "evaluate.log")
+    if not (report / "metrics.json").is_file():
+        out["wall_s"]["evaluate"] = run(
+            ["evaluate", "--prior", str(prior / "last.ckpt"), "--num-samples",
+             str(args.num_samples), "--classifier-cache", str(runs / "classifier_cache"),
+             "--out", str(report), "--overwrite"], runs / "evaluate.log")
 
     m = json.loads((report / "metrics.json").read_text())
     s1, s2, sm = m["stage1"], m["stage2"], m["samples"] or {}
     cond = sm.get("conditional", {})
     out.update({
-        "vq_done": json.loads((vq / "done.json").read_text()),
+        "vq_final": [ln for ln in (runs / "train_vqvae.log").read_text().splitlines()
+                     if ln.startswith("final:")],
         "heldout_psnr_db": s1["psnr_db"], "heldout_ssim": s1["ssim"],
         "codebook_usage": s1["codebook_usage"], "codes_used": s1["codes_used"],
         "psnr_target_met": s1["psnr_db"] >= 25.0,
