@@ -85,6 +85,7 @@ def evaluate(
     overwrite: bool = False,
     classifier_config: dict | None = None,
     sigmas: Sequence[float] = SIGMA_GRID,
+    inception_weights: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
     compare: Sequence[str | os.PathLike] = (),
 ) -> dict:
@@ -98,6 +99,8 @@ def evaluate(
     are knobs for tests and benchmarks; anything unusual lands in the report's "notes".
     ``compare``: more stage-one checkpoints (VQ-VAE, VQ-GAN, Gaussian VAE) for a side-by-side
     table and figure with the main one (:mod:`pipeline.evaluation.compare`).
+    ``inception_weights``: the pt_inception-2015-12-05 weights file; with it the samples also
+    get Inception FID/KID (torch-fidelity) beside the classifier FD.
     """
     from pipeline.generate import load_pair
     from pipeline.report import plot_code_histogram, plot_curves, plot_nll_heatmap, write_html
@@ -115,6 +118,10 @@ def evaluate(
     if split not in ("train", "val"):
         raise UserError(f"--split {split!r} must be train or val")
     _check_out(out, overwrite, [("--vqvae", vqvae_path), ("--prior", prior_path)])
+    if inception_weights is not None:
+        from pipeline.evaluation.inception import check_weights
+
+        check_weights(inception_weights)  # a wrong file is refused before any work
     config = dict(classifier_config or CLASSIFIER_CONFIG)
     notes = Notes()
 
@@ -143,6 +150,7 @@ def evaluate(
         "data": data, "data_root": str(data_root), "split": split, "num_samples": num_samples,
         "seed": seed, "batch_size": batch_size, "device": device, "sampler": "cached",
         "classifier_cache": str(cache_dir),
+        "inception_weights": None if inception_weights is None else str(inception_weights),
         "conditional_sampling": {"guidance": guidance, "temperature": temperature},
         "unconditional_sampling": {"guidance": 1.0, "temperature": temperature, "labels": None},
     }
@@ -190,7 +198,8 @@ def evaluate(
             timings["comparison"] = time.monotonic() - t0
 
         if prior is None:
-            notes.add("no --prior: stage two, the bits/dim bound and samples are skipped")
+            notes.add("no --prior: stage two, the bits/dim bound and samples are skipped"
+                      + (" (so is Inception FID/KID)" if inception_weights else ""))
         else:
             # ---- stage two and the bound
             t0 = time.monotonic()
@@ -226,7 +235,8 @@ def evaluate(
             report["samples"] = _samples_section(
                 prior, lit, train_ds, eval_ds, tmp, images, notes, timings, config=config,
                 num_samples=num_samples, seed=seed, guidance=guidance, temperature=temperature,
-                batch_size=batch_size, device=device, cache_dir=cache_dir, log=log)
+                batch_size=batch_size, device=device, cache_dir=cache_dir, log=log,
+                inception_weights=inception_weights)
 
         # ---- training curves
         t0 = time.monotonic()
@@ -307,7 +317,8 @@ def _comparison_section(models: list, train_ds, eval_ds, tmp: Path, images: dict
 def _samples_section(prior, lit, train_ds, eval_ds, tmp: Path, images: dict, notes: Notes,
                      timings: dict, *, config: dict, num_samples: int, seed: int, guidance: float,
                      temperature: float, batch_size: int, device: str, cache_dir: Path,
-                     log: Callable[[str], None]) -> dict:
+                     log: Callable[[str], None],
+                     inception_weights: str | os.PathLike | None = None) -> dict:
     """Classifier, references, samples and their grids for :func:`evaluate`."""
     from stage1_vqvae.runtime.grid import save_grid
 
@@ -368,4 +379,13 @@ def _samples_section(prior, lit, train_ds, eval_ds, tmp: Path, images: dict, not
     save_grid(imgs["unconditional"][:n], tmp / "samples_unconditional.png", nrow=min(10, n))
     images["samples_unconditional"] = "samples_unconditional.png"
     log(f"samples: {num_samples} x {len(imgs)} kinds ({timings['samples']:.1f}s)")
+    if inception_weights is not None:
+        from pipeline.evaluation.data import load_images
+        from pipeline.evaluation.inception import inception_section
+
+        t0 = time.monotonic()
+        section["inception"] = inception_section(inception_weights, load_images(eval_ds), imgs,
+                                                 device=device, seed=seed)
+        timings["inception"] = time.monotonic() - t0
+        log(f"inception: FID/KID of {len(imgs)} kinds ({timings['inception']:.1f}s)")
     return section

@@ -298,19 +298,26 @@ def _samples_html(sm: dict, st: dict) -> str:
                      f"distance (FD) compares its {clf.get('config', {}).get('features', '')}-dim "
                      "penultimate features with those of the whole held-out split "
                      f"({refs['num_eval_images']} images). Lower is better.</p>")
-        rows = [["real training images (floor)", refs["num_reference"], refs["fd_real_vs_real"], "", ""],
+        rows = [["real training images (floor)", refs["num_reference"], refs["fd_real_vs_real"],
+                 refs.get("precision_real"), refs.get("recall_real"), "", ""],
                 ["training images, 3x3 box blur (slightly off)", refs["num_reference"],
-                 refs["fd_blurred_vs_real"], "", ""]]
+                 refs["fd_blurred_vs_real"], refs.get("precision_blurred"),
+                 refs.get("recall_blurred"), "", ""]]
         cond, unc = sm.get("conditional"), sm.get("unconditional")
         if cond:
             rows.append([f"class-conditional samples (guidance {cond['guidance']:g}, "
                          f"temperature {cond['temperature']:g})", cond["num"], cond.get("fd"),
-                         cond.get("class_accuracy"), ""])
+                         cond.get("precision"), cond.get("recall"), cond.get("class_accuracy"), ""])
         if unc:
             rows.append([f"unconditional samples (temperature {unc['temperature']:g})", unc["num"],
-                         unc.get("fd"), "", unc.get("class_entropy_fraction_of_log_k")])
-        parts.append(_table(["images", "N", "FD to held-out", "classified as requested class",
-                             "class entropy / log K"], rows))
+                         unc.get("fd"), unc.get("precision"), unc.get("recall"), "",
+                         unc.get("class_entropy_fraction_of_log_k")])
+        parts.append(_table(["images", "N", "FD to held-out", "precision", "recall",
+                             "classified as requested class", "class entropy / log K"], rows))
+        parts.append('<p class="muted">precision: fraction of the images inside the held-out '
+                     "images' feature manifold (fidelity); recall: fraction of held-out images "
+                     "inside theirs (diversity); k-NN radii with k = 3 in the classifier's "
+                     "feature space (Kynkäänniemi et al. 2019).</p>")
         if unc and unc.get("class_entropy_nats") is not None:
             parts.append(f'<p class="muted">unconditional predicted-class entropy '
                          f'{unc["class_entropy_nats"]:.3f} nats (held-out real images: '
@@ -318,4 +325,14 @@ def _samples_html(sm: dict, st: dict) -> str:
                          "every class equally often.</p>")
     else:
         parts.append("<p>no classifier (see notes); samples are shown unscored.</p>")
+    inc = sm.get("inception")
+    if inc:
+        rows = [[f"{kind} samples", inc[kind]["num_fake"], inc[kind]["fid"], inc[kind]["kid_mean"],
+                 inc[kind]["kid_std"]] for kind in ("conditional", "unconditional") if kind in inc]
+        parts.append("<p><b>Inception FID / KID</b> (the numbers papers quote; "
+                     f"{_e(inc['implementation'])}; weights <code>{_e(inc['weights'])}</code>, "
+                     f"sha256 {_e(inc['weights_sha256'][:16])}...), against the "
+                     f"{_e(inc['reference'])}. The FD above uses the project's own classifier "
+                     "instead and is not comparable with published FIDs.</p>")
+        parts.append(_table(["images", "N", "Inception FID", "KID mean", "KID std"], rows))
     return "".join(parts)

@@ -50,6 +50,20 @@ PRESETS: dict[str, dict[str, object]] = {
         channels=3, image_size=(32, 32), downsample=4, hidden=128, res_hidden=64, num_res=2,
         code_dim=64, num_codes=512, lr=1e-3, batch_size=128, max_epochs=50,
     ),
+    # 64x64 colour images -> 16x16 codes (each code covers 4x4 pixels, as in "cifar")
+    "px64": dict(
+        channels=3, image_size=(64, 64), downsample=4, hidden=128, res_hidden=64, num_res=2,
+        code_dim=64, num_codes=512, lr=1e-3, batch_size=64, max_epochs=40,
+    ),
+    # 128x128 colour images -> 16x16 codes (downsample 8), not 32x32: the prior draws one
+    # code per position and needs a stack deep enough to see the whole grid, so 16x16 keeps
+    # its training, depth and sampling at the 64 px cost (1024 positions would be 4x the
+    # steps). Codes cover 8x8 pixels, so K is doubled and reconstructions are softer;
+    # --downsample 4 gives 32x32 codes (the VQ-VAE paper's choice for 128 px ImageNet).
+    "px128": dict(
+        channels=3, image_size=(128, 128), downsample=8, hidden=128, res_hidden=64, num_res=2,
+        code_dim=64, num_codes=1024, lr=1e-3, batch_size=32, max_epochs=30,
+    ),
 }
 DEFAULT_PRESET = {"mnist5k": "mnist", "mnist": "mnist", "fashion-mnist": "mnist",
                   "cifar10": "cifar"}

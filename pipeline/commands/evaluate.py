@@ -40,6 +40,9 @@ def add_evaluate(subs) -> None:
     s.add_argument("--temperature", type=float, default=DEMO_TEMPERATURE,
                    help=f"sampling temperature (default {DEMO_TEMPERATURE:g}, as the demo)")
     s.add_argument("--seed", type=seed_arg, default=0)
+    s.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="the pt_inception-2015-12-05-6726825d.pth weights file (sha256 checked): "
+                   "adds Inception FID/KID (torch-fidelity) beside the classifier FD")
     s.add_argument("--classifier-cache", default=None,
                    help="folder of the cached scoring classifier (default: $VQGEN_CACHE_DIR, "
                    "else the user's cache folder, e.g. ~/.cache/vqgen)")
@@ -68,7 +71,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split=args.split, guidance=args.guidance, temperature=args.temperature,
         batch_size=args.batch_size, device=resolve_device(args.device),
         classifier_cache=args.classifier_cache, data_root=args.data_root, download=args.download,
-        overwrite=args.overwrite, compare=args.compare,
+        overwrite=args.overwrite, compare=args.compare, inception_weights=args.inception_weights,
     )
     print(summary_table(report))
     return 0
@@ -100,11 +103,19 @@ def summary_table(report: dict) -> str:
                      f"{refs['fd_blurred_vs_real']:.2f} (N={refs['num_reference']})"))
     cond, unc = sm.get("conditional"), sm.get("unconditional")
     if cond and cond.get("fd") is not None:
-        rows.append(("conditional", f"FD {cond['fd']:.2f}, right class "
-                     f"{format_number(cond.get('class_accuracy'), '.1%')} (N={cond['num']}, guidance "
-                     f"{cond['guidance']:g})"))
+        rows.append(("conditional", f"classifier FD {cond['fd']:.2f}, right class "
+                     f"{format_number(cond.get('class_accuracy'), '.1%')}, precision "
+                     f"{format_number(cond.get('precision'), '.2f')} recall "
+                     f"{format_number(cond.get('recall'), '.2f')} "
+                     f"(N={cond['num']}, guidance {cond['guidance']:g})"))
+    inc = sm.get("inception")
+    for kind in ("conditional", "unconditional"):
+        if inc and kind in inc:
+            rows.append((f"Inception {kind[:6]}.", f"FID {inc[kind]['fid']:.2f}, KID "
+                         f"{inc[kind]['kid_mean']:.4f} +- {inc[kind]['kid_std']:.4f} "
+                         "(torch-fidelity; comparable with papers)"))
     if unc and unc.get("fd") is not None:
-        rows.append(("unconditional", f"FD {unc['fd']:.2f}, class entropy "
+        rows.append(("unconditional", f"classifier FD {unc['fd']:.2f}, class entropy "
                      f"{unc['class_entropy_nats']:.3f} nats "
                      f"({unc['class_entropy_fraction_of_log_k']:.1%} of log K)"))
     width = max((len(k) for k, _ in rows), default=0)

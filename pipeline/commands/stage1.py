@@ -25,13 +25,19 @@ from pipeline.commands.common import (
     unit_float,
 )
 
+# The names of stage1_vqvae.lit.PRESETS (kept here so --help does not import Lightning;
+# tests/test_folder_defaults.py checks they agree).
+PRESET_NAMES = ("mnist", "cifar", "px64", "px128")
+
 
 def add_train_vqvae(subs) -> None:
     p = add_verb(subs, "train-vqvae", "Train the stage-one VQ-VAE, then write code maps of every split.")
     add_data_args(p)
     g = p.add_argument_group("model (defaults from --preset; every value overridable)")
-    g.add_argument("--preset", choices=["mnist", "cifar"], default=None,
-                   help="mnist: 28x28 grey -> 7x7 codes; cifar: 32x32 colour -> 8x8 (default by --data)")
+    g.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                   help="mnist: 28x28 grey -> 7x7 codes; cifar: 32x32 colour -> 8x8; px64: 64x64 "
+                   "-> 16x16; px128: 128x128 -> 16x16 (default by --data; for folder:PATH "
+                   "inferred from a sample of the images)")
     g.add_argument("--channels", type=int, choices=[1, 3], default=None)
     g.add_argument("--image-size", type=image_size_arg, default=None, help="N or HxW")
     g.add_argument("--downsample", type=positive_int, default=None,
@@ -58,15 +64,25 @@ def add_train_vqvae(subs) -> None:
     p.set_defaults(func=cmd_train_vqvae)
 
 
-def vqvae_config(args: argparse.Namespace) -> tuple[dict, dict, int]:
-    """(model_args, data_args, max_epochs) from the preset plus explicit overrides."""
+def vqvae_config(args: argparse.Namespace, log=print) -> tuple[dict, dict, int]:
+    """(model_args, data_args, max_epochs) from the preset plus explicit overrides.
+
+    ``--data folder:PATH`` without ``--preset``: channels, image size and preset come from a
+    seeded sample of the folder (:mod:`stage1_vqvae.data.inspect`), printed through ``log``.
+    """
     from stage1_vqvae.data import parse_data_spec
     from stage1_vqvae.data.spec import MAX_IMAGE_SIDE
     from stage1_vqvae.lit import DEFAULT_PRESET, PRESETS
     from stage1_vqvae.model import check_downsample
 
-    kind, _ = parse_data_spec(args.data)
-    preset = dict(PRESETS[args.preset or DEFAULT_PRESET.get(kind, "mnist")])
+    kind, path = parse_data_spec(args.data)
+    inferred: dict = {}
+    num_images = 0
+    if kind == "folder" and args.preset is None:
+        inferred, num_images = infer_folder(args, path, PRESETS, log)
+    name = args.preset or inferred.pop("preset", None) or DEFAULT_PRESET.get(kind, "mnist")
+    preset = dict(PRESETS[name])
+    preset.update(inferred)
     over = {k: getattr(args, k) for k in ("channels", "image_size", "downsample", "num_codes",
                                          "code_dim", "hidden", "res_hidden", "num_res", "beta",
                                          "decay", "dead_after", "lr", "batch_size")}
@@ -87,6 +103,11 @@ def vqvae_config(args: argparse.Namespace) -> tuple[dict, dict, int]:
         val_fraction=0.1 if args.val_fraction is None else args.val_fraction, seed=args.seed,
     )
     max_epochs = int(preset.pop("max_epochs"))
+    if num_images:
+        n_train = num_images - int(round(num_images * data_args["val_fraction"]))
+        if n_train < data_args["batch_size"]:
+            log(f"note: about {n_train} training images, fewer than one batch of "
+                f"{data_args['batch_size']}: each epoch is a single smaller batch")
     preset.update(family_config(args))
     return preset, data_args, max_epochs
 
@@ -134,6 +155,19 @@ def family_config(args: argparse.Namespace) -> dict:
             raise UsageError(f"{GAN_FLAGS[next(iter(given))]} is a VQ-GAN option; add --gan")
         return {}
     return {"gan": True, **given}
+
+
+def infer_folder(args: argparse.Namespace, path: str, presets: dict, log) -> tuple[dict, int]:
+    """Scan the folder and print what was seen and chosen; returns ({preset, channels,
+    image_size, downsample}, number of images in the folder). Explicit flags still win."""
+    from stage1_vqvae.data.inspect import choose_settings, describe, scan_folder
+
+    scan = scan_folder(path, seed=args.seed)
+    choice = choose_settings(scan, {k: int(v["downsample"]) for k, v in presets.items()},
+                             downsample=args.downsample)
+    log(describe(scan, choice))
+    return {"preset": choice.preset, "channels": choice.channels,
+            "image_size": choice.image_size, "downsample": choice.downsample}, scan.num_images
 
 
 def cmd_train_vqvae(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from pipeline.commands.common import (
     seed_arg,
     trainer_kwargs,
 )
+from pipeline.defaults import SAMPLE_GUIDANCE, SAMPLE_TEMPERATURE
 
 
 def add_train_prior(subs) -> None:
@@ -24,9 +25,12 @@ def add_train_prior(subs) -> None:
     p = add_verb(subs, "train-prior", f"Train the gated PixelCNN prior on code maps ({from_meta}).")
     p.add_argument("--codes", required=True, help="code folder holding train/ and val/")
     g = p.add_argument_group("model")
-    g.add_argument("--hidden", type=positive_int, default=None, help="channels (default 48)")
-    g.add_argument("--num-layers", type=positive_int, default=None, help="gated layers (default 8)")
-    g.add_argument("--kernel-size", type=int, default=None, help="odd, >= 3 (default 3)")
+    g.add_argument("--hidden", type=positive_int, default=None,
+                   help="channels (default 48; 64 from 20,000 maps, 128 on a GPU)")
+    g.add_argument("--num-layers", type=positive_int, default=None,
+                   help="gated layers (default 8, or enough to see the whole code grid)")
+    g.add_argument("--kernel-size", type=int, default=None,
+                   help="odd, >= 3 (default 3; 5 when 3 would need more than 12 layers)")
     g.add_argument("--head-hidden", type=positive_int, default=None)
     g.add_argument("--cond-drop", type=float, default=None,
                    help="probability of dropping the class in training (default 0.1), "
@@ -39,21 +43,49 @@ def add_train_prior(subs) -> None:
     p.set_defaults(func=cmd_train_prior)
 
 
-def prior_config(args: argparse.Namespace) -> tuple[dict, int, int]:
+def prior_config(args: argparse.Namespace, log=print) -> tuple[dict, int, int]:
+    """(model_args, batch_size, max_epochs): PRIOR_DEFAULTS sized for the code grid and the
+    data (:func:`stage2_prior.sizing.prior_defaults`, read from ``--codes``'s train/meta.json),
+    then the explicit flags. What was changed, and any warning, is printed through ``log``."""
+    from stage1_vqvae.codes import CodeMapError, read_meta
+    from stage1_vqvae.runtime.errors import MissingInputError
+    from stage2_prior.sizing import prior_defaults
     from stage2_prior.train import PRIOR_DEFAULTS
 
-    cfg = dict(PRIOR_DEFAULTS)
-    for key in ("hidden", "num_layers", "kernel_size", "head_hidden", "cond_drop", "lr",
-                "batch_size"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
-    if cfg["kernel_size"] < 3 or cfg["kernel_size"] % 2 == 0:
-        raise UsageError(f"--kernel-size {cfg['kernel_size']} must be odd and >= 3")
+    given = {key: getattr(args, key) for key in ("hidden", "num_layers", "kernel_size",
+                                                 "head_hidden", "cond_drop", "lr", "batch_size")
+             if getattr(args, key) is not None}
+    if given.get("kernel_size", 3) < 3 or given.get("kernel_size", 3) % 2 == 0:
+        raise UsageError(f"--kernel-size {given['kernel_size']} must be odd and >= 3")
+    cfg, reasons = {**PRIOR_DEFAULTS, **given}, []
+    # on --resume the checkpoint is the config; an unreadable --codes gets train_prior's error
+    if not getattr(args, "resume", False):
+        try:
+            meta = read_meta(Path(args.codes) / "train")
+        except (CodeMapError, MissingInputError):
+            meta = None
+        if meta is not None:
+            cfg, reasons = prior_defaults(PRIOR_DEFAULTS, tuple(meta["code_shape"]),
+                                          int(meta["count"]), gpu=uses_gpu(args.accelerator),
+                                          given=given)
+    for line in reasons:
+        log(line if line.startswith("warning:") else f"prior: {line}")
     if not 0 <= cfg["cond_drop"] < 1:
         raise UsageError(f"--cond-drop {cfg['cond_drop']} must be in [0, 1)")
     batch_size = cfg.pop("batch_size")
     max_epochs = cfg.pop("max_epochs")
     return cfg, batch_size, max_epochs
+
+
+def uses_gpu(accelerator: str) -> bool:
+    """Whether Lightning's ``--accelerator`` choice trains on a GPU (auto: one is present)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda", "mps"):
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return accelerator == "auto" and (torch.cuda.is_available()
+                                      or bool(mps and mps.is_available()))
 
 
 def cmd_train_prior(args: argparse.Namespace) -> int:
@@ -110,11 +142,14 @@ def add_sample(subs) -> None:
                    "named 1)")
     p.add_argument("--per-class", type=int, default=None,
                    help="N samples of every class, one row per class")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"softmax temperature (default {SAMPLE_TEMPERATURE:g} with --class/--per-class, "
+                   "else 1)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale (1 = none; needs a class)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help=f"classifier-free guidance scale (1 = none; needs a class; default "
+                   f"{SAMPLE_GUIDANCE:g} with --class/--per-class, chosen by benchmarks/guidance.py)")
     p.add_argument("--seed", type=seed_arg, default=0,
                    help="same seed, same samples, whatever --batch-size (default 0)")
     p.add_argument("--batch-size", type=positive_int, default=64)
@@ -125,6 +160,17 @@ def add_sample(subs) -> None:
     p.add_argument("--out", required=True, help="folder for grid.png, NNNNNN.png, codes.npy")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_sample)
+
+
+def sampling_settings(args: argparse.Namespace, conditional: bool) -> tuple[float, float, list[str]]:
+    """(guidance, temperature, names of the two that came from the defaults): the measured
+    class-conditional defaults (pipeline/defaults.py) with a class, 1 and 1 without."""
+    chosen = [n for n in ("guidance", "temperature") if getattr(args, n) is None]
+    guidance = args.guidance if args.guidance is not None else (
+        SAMPLE_GUIDANCE if conditional else 1.0)
+    temperature = args.temperature if args.temperature is not None else (
+        SAMPLE_TEMPERATURE if conditional else 1.0)
+    return guidance, temperature, chosen
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -163,15 +209,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     labels = make_labels(prior, num, class_index, args.per_class)
     num = num if args.per_class is None else int(labels.shape[0])
     check_memory(num, vqvae)
-    res = sample(prior, vqvae, num, labels=labels, temperature=args.temperature,
-                 top_k=args.top_k, top_p=args.top_p, guidance=args.guidance, seed=args.seed,
+    guidance, temperature, chosen = sampling_settings(args, labels is not None)
+    res = sample(prior, vqvae, num, labels=labels, temperature=temperature,
+                 top_k=args.top_k, top_p=args.top_p, guidance=guidance, seed=args.seed,
                  batch_size=args.batch_size, device=device, sampler=args.sampler)
     nrow = args.nrow or (args.per_class if args.per_class else min(8, num))
     settings = dict(prior=str(args.prior), vqvae=str(getattr(vqvae, "checkpoint_path", "")),
                     class_index=class_index, per_class=args.per_class,
-                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
-                    sampler=args.sampler)
+                    temperature=temperature, top_k=args.top_k, top_p=args.top_p,
+                    guidance=guidance, seed=args.seed, batch_size=args.batch_size,
+                    sampler=args.sampler, defaults_used=chosen)
     write_samples(out, res, class_names=list(prior.hparams.class_names), nrow=nrow,
                   settings=settings)
     print(f"samples: {out}/grid.png ({num} images; one PNG each, codes.npy)")
@@ -186,7 +233,7 @@ def _sample_without_prior(args: argparse.Namespace, out: Path, device: str, num:
     if args.vqvae is None:
         raise UsageError("pass --prior CKPT (a VQ-VAE / VQ-GAN prior) or --vqvae CKPT of a "
                          "Gaussian VAE")
-    if args.class_ is not None or args.per_class is not None or args.guidance != 1.0:
+    if args.class_ is not None or args.per_class is not None or args.guidance not in (None, 1.0):
         raise UsageError("--class, --per-class and --guidance need a class-conditional --prior")
     vqvae = load_vqvae(args.vqvae, device)
     if has_codes(vqvae):
