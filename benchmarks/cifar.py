@@ -38,7 +38,7 @@ def run(argv: list[str], log: Path) -> float:
     """Run ``python -m pipeline ARGV`` with its output in ``log``; returns wall seconds."""
     t0 = time.monotonic()
     with open(log, "w") as f:
-        subprocess.run([sys.executable, "-m", "pipeline", *argv], check=True, stdout=f,
+        subprocess.run([sys.executable, "-m", "vqgen.pipeline", *argv], check=True, stdout=f,
                        stderr=subprocess.STDOUT, env={**os.environ})
     return round(time.monotonic() - t0, 1)
 

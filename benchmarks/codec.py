@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline import metrics as M  # noqa: E402
-from pipeline.codec import (  # noqa: E402
+from vqgen.pipeline import metrics as M  # noqa: E402
+from vqgen.pipeline.codec import (  # noqa: E402
     build_report,
     compress_codes,
     decode_codes,
@@ -50,9 +50,9 @@ from pipeline.codec import (  # noqa: E402
     encode_images,
     pixels_per_image,
 )
-from pipeline.generate import load_pair  # noqa: E402
-from stage1_vqvae.data import build_dataset  # noqa: E402
-from stage1_vqvae.runtime.grid import to_uint8  # noqa: E402
+from vqgen.pipeline.generate import load_pair  # noqa: E402
+from vqgen.stage1_vqvae.data import build_dataset  # noqa: E402
+from vqgen.stage1_vqvae.runtime.grid import to_uint8  # noqa: E402
 
 JPEG_QUALITIES = [1, 2, 3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95]
 WEBP_QUALITIES = [0, 1, 2, 3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95, 100]

@@ -38,7 +38,7 @@ def write_folder(root: Path, n: int, seed: int = 0) -> Path:
     if marker.exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    from stage1_vqvae.data import build_dataset
+    from vqgen.stage1_vqvae.data import build_dataset
 
     ds = build_dataset("mnist5k", "train", channels=1, image_size=(28, 28))
     rng = np.random.default_rng(seed)
@@ -64,7 +64,7 @@ def child_env(threads: int) -> dict[str, str]:
 def run_encode(vqvae: Path, folder: Path, out: Path, devices: int, threads: int,
                batch_size: int) -> dict:
     """One ``vqgen encode`` child; its wall time and peak RSS (from wait4)."""
-    cmd = [sys.executable, "-m", "pipeline", "encode", "--vqvae", str(vqvae), "--data",
+    cmd = [sys.executable, "-m", "vqgen.pipeline", "encode", "--vqvae", str(vqvae), "--data",
            f"folder:{folder}", "--out", str(out), "--val-fraction", "0.1",
            "--batch-size", str(batch_size), "--overwrite"]
     cmd += ["--devices", str(devices), "--accelerator", "cpu"] if devices > 1 else ["--device", "cpu"]
@@ -101,7 +101,7 @@ def main() -> None:
         if vqvae is None:
             vqvae = root / "vqvae" / "last.ckpt"
             if not vqvae.exists():
-                subprocess.run([sys.executable, "-m", "pipeline", "train-vqvae", "--data", "mnist5k",
+                subprocess.run([sys.executable, "-m", "vqgen.pipeline", "train-vqvae", "--data", "mnist5k",
                                 "--out", str(vqvae.parent), "--max-epochs", "1", "--no-codes",
                                 "--overwrite", "--accelerator", "cpu", "--device", "cpu"],
                                env=child_env(threads), check=True, capture_output=True)

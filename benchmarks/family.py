@@ -41,10 +41,10 @@ def main() -> None:
     args, extra = ap.parse_known_args()
     extra = [e for e in extra if e != "--"]
 
-    from pipeline.cli import build_parser
-    from pipeline.commands.stage1 import vqvae_config
-    from pipeline.evaluate import evaluate
-    from stage1_vqvae.train import train_vqvae
+    from vqgen.pipeline.cli import build_parser
+    from vqgen.pipeline.commands.stage1 import vqvae_config
+    from vqgen.pipeline.evaluate import evaluate
+    from vqgen.stage1_vqvae.train import train_vqvae
 
     tmp = tempfile.TemporaryDirectory()
     root = Path(args.out or tmp.name)

@@ -27,11 +27,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from pipeline import metrics as M
-    from pipeline.evaluation.classifier import get_classifier
-    from pipeline.evaluation.data import eval_datasets, load_images
-    from pipeline.evaluation.samples import classify, even_labels, score_samples
-    from pipeline.generate import load_pair, sample
+    from vqgen.pipeline import metrics as M
+    from vqgen.pipeline.evaluation.classifier import get_classifier
+    from vqgen.pipeline.evaluation.data import eval_datasets, load_images
+    from vqgen.pipeline.evaluation.samples import classify, even_labels, score_samples
+    from vqgen.pipeline.generate import load_pair, sample
 
     prior, vqvae = load_pair(Path(args.demo) / "prior" / "last.ckpt")
     train_ds, eval_ds = eval_datasets(vqvae)

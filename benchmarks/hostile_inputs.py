@@ -26,7 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, os.environ.get("VQGEN_ROOT", str(Path(__file__).resolve().parents[1])))
 
-from pipeline.cli import main  # noqa: E402
+from vqgen.pipeline.cli import main  # noqa: E402
 
 TINY_VQ = ["--hidden", "16", "--res-hidden", "8", "--num-res", "1", "--code-dim", "8",
            "--num-codes", "32", "--limit-train-batches", "3", "--limit-val-batches", "1",
@@ -141,7 +141,7 @@ def run_cases(ws: Path) -> dict:
                                     "--device", "cpu", "--out", ws / "pc"])
     empty_val = ws / "emptyval"
     shutil.copytree(vq / "codes", empty_val)
-    from stage1_vqvae.codes import read_code_maps, write_code_maps
+    from vqgen.stage1_vqvae.codes import read_code_maps, write_code_maps
 
     m = read_code_maps(empty_val / "val")
     meta = dict(m.meta)

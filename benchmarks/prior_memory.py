@@ -31,7 +31,7 @@ K, GRID, CLASSES, VAL = 512, (8, 8), 10, 5000
 
 def write_split(folder: Path, n: int, seed: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from stage1_vqvae.codes import CodeMapWriter
+    from vqgen.stage1_vqvae.codes import CodeMapWriter
 
     rng = np.random.default_rng(seed)
     base = rng.integers(0, K, (1000, *GRID)).astype(np.uint16)
@@ -47,7 +47,7 @@ def write_split(folder: Path, n: int, seed: int) -> None:
 
 def run_prior(repo: Path, codes: Path, out: Path, steps: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(repo))
-    cmd = [sys.executable, "-m", "pipeline", "train-prior", "--codes", str(codes), "--out",
+    cmd = [sys.executable, "-m", "vqgen.pipeline", "train-prior", "--codes", str(codes), "--out",
            str(out), "--max-steps", str(steps), "--limit-val-batches", "2", "--accelerator",
            "cpu", "--num-workers", "0", "--overwrite", "--checkpoint-every-minutes", "0"]
     t0 = time.perf_counter()

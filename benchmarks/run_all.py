@@ -69,8 +69,8 @@ def encoder_gflops(vqvae_ckpt: Path, batch: int = 512, repeats: int = 5) -> dict
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from stage1_vqvae.data import build_dataset
-    from stage1_vqvae.lit import load_vqvae
+    from vqgen.stage1_vqvae.data import build_dataset
+    from vqgen.stage1_vqvae.lit import load_vqvae
 
     model = load_vqvae(vqvae_ckpt).model.eval()
     ds = build_dataset("mnist5k", "train", channels=1, image_size=(28, 28))
@@ -189,7 +189,7 @@ def main() -> None:
     demo = out / "demo"
     results["stage2"] = step("stage2", [py, "benchmarks/stage2.py", "--out", str(demo),
                                         *(["--reuse"] if args.reuse_demo else [])])["json"][-1]
-    step("evaluate", [py, "-m", "pipeline", "evaluate", "--vqvae", str(demo / "vqvae/last.ckpt"),
+    step("evaluate", [py, "-m", "vqgen.pipeline", "evaluate", "--vqvae", str(demo / "vqvae/last.ckpt"),
                       "--prior", str(demo / "prior/last.ckpt"), "--data", "mnist5k",
                       "--out", str(out / "report"), "--overwrite",
                       "--classifier-cache", str(out / "classifier_cache")])

@@ -33,9 +33,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stage1_vqvae.model import VQVAE
-from stage2_prior.model import GatedPixelCNN  # noqa: E402
-from stage2_prior.sampling import sample  # noqa: E402
+from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage2_prior.model import GatedPixelCNN  # noqa: E402
+from vqgen.stage2_prior.sampling import sample  # noqa: E402
 
 
 def timed(fn, budget_s: float = 1.5, max_reps: int = 5) -> float:

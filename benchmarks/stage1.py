@@ -33,10 +33,10 @@ def main() -> None:
     ap.add_argument("--encode-batch", type=int, default=512)
     args, extra = ap.parse_known_args()
 
-    from pipeline.cli import build_parser, vqvae_config
-    from stage1_vqvae.data import build_dataset
-    from stage1_vqvae.lit import load_vqvae
-    from stage1_vqvae.train import train_vqvae
+    from vqgen.pipeline.cli import build_parser, vqvae_config
+    from vqgen.stage1_vqvae.data import build_dataset
+    from vqgen.stage1_vqvae.lit import load_vqvae
+    from vqgen.stage1_vqvae.train import train_vqvae
 
     tmp = tempfile.TemporaryDirectory()
     out = Path(args.out or tmp.name) / "vqvae"
@@ -67,7 +67,7 @@ def main() -> None:
         encode_s = time.perf_counter() - t_enc
 
     # the held-out numbers come from the same function as `vqgen evaluate`'s report
-    from pipeline.evaluation.stage1 import stage1_metrics
+    from vqgen.pipeline.evaluation.stage1 import stage1_metrics
 
     val = stage1_metrics(lit, build_dataset("mnist5k", "val", channels=1, image_size=(28, 28)))
     mse = val["mse"]

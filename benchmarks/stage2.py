@@ -41,12 +41,12 @@ def main() -> None:
 
             shutil.rmtree(out)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pipeline", "demo", "--out", str(out)], check=True,
+        subprocess.run([sys.executable, "-m", "vqgen.pipeline", "demo", "--out", str(out)], check=True,
                        stdout=subprocess.DEVNULL, env={**os.environ})
         demo_wall = time.perf_counter() - t0
 
-    from pipeline.generate import load_pair, sample
-    from stage1_vqvae.codes import read_code_maps
+    from vqgen.pipeline.generate import load_pair, sample
+    from vqgen.stage1_vqvae.codes import read_code_maps
 
     prior, vqvae = load_pair(out / "prior" / "last.ckpt")
     pinfo = json.loads((out / "prior" / "done.json").read_text())
@@ -55,7 +55,7 @@ def main() -> None:
     maps_seen = int(ckpt["global_step"]) * int(prior.hparams.batch_size)
 
     # the baselines come from the same function as `vqgen evaluate`'s report
-    from pipeline.evaluation.stage2 import prior_metrics
+    from vqgen.pipeline.evaluation.stage2 import prior_metrics
 
     train = np.asarray(read_code_maps(out / "vqvae" / "codes" / "train").codes)
     val_maps = read_code_maps(out / "vqvae" / "codes" / "val")

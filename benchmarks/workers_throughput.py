@@ -38,7 +38,7 @@ MODELS = {
 CHILD = """
 import json, sys, time
 import pytorch_lightning as pl
-from stage1_vqvae.train import train_vqvae
+from vqgen.stage1_vqvae.train import train_vqvae
 
 cfg = json.loads(sys.argv[1])
 class Timer(pl.Callback):

@@ -20,8 +20,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio i
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.serving import NO_CLASS, Server, one_line  # noqa: E402
-from stage1_vqvae.runtime.errors import UserError  # noqa: E402
+from vqgen.pipeline.serving import NO_CLASS, Server, one_line  # noqa: E402
+from vqgen.stage1_vqvae.runtime.errors import UserError  # noqa: E402
 
 CSS = """
 .pixelated img, img.pixelated, .pixelated canvas { image-rendering: pixelated; }

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline import metrics as M
+from vqgen.pipeline import metrics as M
 
 # qualities tried in order; the first whose PSNR reaches the target wins (PSNR rises with
 # quality almost always; a non-monotone step only makes the baseline a little larger)

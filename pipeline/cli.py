@@ -10,15 +10,15 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from pipeline.commands.codec import add_compress, add_decompress
-from pipeline.commands.demo import add_demo
-from pipeline.commands.evaluate import add_evaluate
-from pipeline.commands.inpaint import add_inpaint, add_repair
-from pipeline.commands.serve import add_serve
-from pipeline.commands.stage1 import add_decode, add_encode, add_reconstruct, add_train_vqvae
-from pipeline.commands.stage2 import add_sample, add_train_prior
-from pipeline.defaults import EXAMPLES
-from stage1_vqvae.runtime.errors import UserError
+from vqgen.pipeline.commands.codec import add_compress, add_decompress
+from vqgen.pipeline.commands.demo import add_demo
+from vqgen.pipeline.commands.evaluate import add_evaluate
+from vqgen.pipeline.commands.inpaint import add_inpaint, add_repair
+from vqgen.pipeline.commands.serve import add_serve
+from vqgen.pipeline.commands.stage1 import add_decode, add_encode, add_reconstruct, add_train_vqvae
+from vqgen.pipeline.commands.stage2 import add_sample, add_train_prior
+from vqgen.pipeline.defaults import EXAMPLES
+from vqgen.stage1_vqvae.runtime.errors import UserError
 
 ADDERS: list[Callable] = [add_train_vqvae, add_encode, add_reconstruct, add_decode, add_train_prior,
                           add_sample, add_demo, add_evaluate, add_compress, add_decompress,

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline import metrics as M
-from pipeline.generate import MismatchError, check_compatible
-from pipeline.vqz import (
+from vqgen.pipeline import metrics as M
+from vqgen.pipeline.generate import MismatchError, check_compatible
+from vqgen.pipeline.vqz import (
     LABELS_ALL,
     LABELS_MIXED,
     LABELS_NONE,
@@ -49,11 +49,11 @@ from pipeline.vqz import (
     words_to_payload,
     write_vqz,
 )
-from stage1_vqvae.lit import LitVQVAE
-from stage1_vqvae.runtime.checkpoint import file_sha256
-from stage1_vqvae.runtime.errors import UserError
-from stage2_prior.cached import scan_codes
-from stage2_prior.lit import LitPrior
+from vqgen.stage1_vqvae.lit import LitVQVAE
+from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
+from vqgen.stage1_vqvae.runtime.errors import UserError
+from vqgen.stage2_prior.cached import scan_codes
+from vqgen.stage2_prior.lit import LitPrior
 
 STREAMS = ("batch", "image", "all")  # images per ANS stream: a batch, one, all of them
 LABEL_MODES = ("code", "null")

@@ -12,9 +12,9 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.defaults import DEMO_GUIDANCE, DEMO_PRIOR_EPOCHS, DEMO_TEMPERATURE, DEMO_VQVAE_EPOCHS
-from pipeline.formatting import format_number
-from stage1_vqvae.runtime.fsutil import atomic_file
+from vqgen.pipeline.defaults import DEMO_GUIDANCE, DEMO_PRIOR_EPOCHS, DEMO_TEMPERATURE, DEMO_VQVAE_EPOCHS
+from vqgen.pipeline.formatting import format_number
+from vqgen.stage1_vqvae.runtime.fsutil import atomic_file
 
 
 def _done(folder: Path) -> dict | None:
@@ -28,12 +28,12 @@ def _mark_done(folder: Path, info: dict) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Path]:
-    from pipeline.commands.common import resolve_device
-    from pipeline.commands.stage1 import add_train_vqvae, vqvae_config
-    from pipeline.commands.stage2 import add_train_prior, prior_config
-    from pipeline.generate import load_pair, make_labels, sample, write_samples
-    from stage1_vqvae.train import train_vqvae
-    from stage2_prior.train import train_prior
+    from vqgen.pipeline.commands.common import resolve_device
+    from vqgen.pipeline.commands.stage1 import add_train_vqvae, vqvae_config
+    from vqgen.pipeline.commands.stage2 import add_train_prior, prior_config
+    from vqgen.pipeline.generate import load_pair, make_labels, sample, write_samples
+    from vqgen.stage1_vqvae.train import train_vqvae
+    from vqgen.stage2_prior.train import train_prior
 
     t0 = time.monotonic()
     out = Path(args.out)

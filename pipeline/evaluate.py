@@ -31,14 +31,14 @@ from typing import Any
 
 import torch
 
-from pipeline import metrics as M
-from pipeline.defaults import DEFAULT_NUM_SAMPLES, DEMO_GUIDANCE, DEMO_TEMPERATURE
-from pipeline.evaluation.classifier import CLASSIFIER_CONFIG, get_classifier, user_cache_dir
-from pipeline.evaluation.data import eval_datasets
-from pipeline.evaluation.samples import even_labels, reference_metrics, sample_metrics
-from pipeline.evaluation.stage1 import SIGMA_GRID, run_stage1, stage1_metrics
-from pipeline.evaluation.stage2 import prior_metrics, prior_nll, train_code_maps, whole_model_bound
-from stage1_vqvae.runtime.errors import UserError
+from vqgen.pipeline import metrics as M
+from vqgen.pipeline.defaults import DEFAULT_NUM_SAMPLES, DEMO_GUIDANCE, DEMO_TEMPERATURE
+from vqgen.pipeline.evaluation.classifier import CLASSIFIER_CONFIG, get_classifier, user_cache_dir
+from vqgen.pipeline.evaluation.data import eval_datasets
+from vqgen.pipeline.evaluation.samples import even_labels, reference_metrics, sample_metrics
+from vqgen.pipeline.evaluation.stage1 import SIGMA_GRID, run_stage1, stage1_metrics
+from vqgen.pipeline.evaluation.stage2 import prior_metrics, prior_nll, train_code_maps, whole_model_bound
+from vqgen.stage1_vqvae.runtime.errors import UserError
 
 REPORT_VERSION = 1
 
@@ -59,7 +59,7 @@ REPORT_MANIFEST = "report.json"  # the files evaluate wrote (its --overwrite rep
 
 def _check_out(out: Path, overwrite: bool, inputs: list[tuple[str, object]]) -> None:
     """The one output policy (stage1_vqvae.runtime.outputs) for a report folder."""
-    from stage1_vqvae.runtime.outputs import claim_output_dir, manifest_files
+    from vqgen.stage1_vqvae.runtime.outputs import claim_output_dir, manifest_files
 
     owned = manifest_files(out, REPORT_MANIFEST) if out.is_dir() else set()
     claim_output_dir(out, verb="evaluate", overwrite=overwrite, owned=owned,
@@ -102,11 +102,11 @@ def evaluate(
     ``inception_weights``: the pt_inception-2015-12-05 weights file; with it the samples also
     get Inception FID/KID (torch-fidelity) beside the classifier FD.
     """
-    from pipeline.generate import load_pair
-    from pipeline.report import plot_code_histogram, plot_curves, plot_nll_heatmap, write_html
-    from stage1_vqvae.lit import has_codes, load_vqvae
-    from stage1_vqvae.runtime.grid import save_grid
-    from stage1_vqvae.runtime.outputs import owned_output_dir
+    from vqgen.pipeline.generate import load_pair
+    from vqgen.pipeline.report import plot_code_histogram, plot_curves, plot_nll_heatmap, write_html
+    from vqgen.stage1_vqvae.lit import has_codes, load_vqvae
+    from vqgen.stage1_vqvae.runtime.grid import save_grid
+    from vqgen.stage1_vqvae.runtime.outputs import owned_output_dir
 
     t_start = time.monotonic()
     timings: dict[str, float] = {}
@@ -119,7 +119,7 @@ def evaluate(
         raise UserError(f"--split {split!r} must be train or val")
     _check_out(out, overwrite, [("--vqvae", vqvae_path), ("--prior", prior_path)])
     if inception_weights is not None:
-        from pipeline.evaluation.inception import check_weights
+        from vqgen.pipeline.evaluation.inception import check_weights
 
         check_weights(inception_weights)  # a wrong file is refused before any work
     config = dict(classifier_config or CLASSIFIER_CONFIG)
@@ -268,10 +268,10 @@ def _comparison_section(models: list, train_ds, eval_ds, tmp: Path, images: dict
                         *, config: dict, batch_size: int, device: str, cache_dir: Path,
                         seed: int, log: Callable[[str], None]) -> dict:
     """The side-by-side table and figure of :mod:`pipeline.evaluation.compare`."""
-    from pipeline.evaluation import compare as C
-    from pipeline.evaluation.classifier import classify
-    from stage1_vqvae.lit import has_codes
-    from stage1_vqvae.runtime.grid import save_grid
+    from vqgen.pipeline.evaluation import compare as C
+    from vqgen.pipeline.evaluation.classifier import classify
+    from vqgen.stage1_vqvae.lit import has_codes
+    from vqgen.stage1_vqvae.runtime.grid import save_grid
 
     main_hp = models[0][1].hparams
     for path, other in models[1:]:
@@ -320,7 +320,7 @@ def _samples_section(prior, lit, train_ds, eval_ds, tmp: Path, images: dict, not
                      log: Callable[[str], None],
                      inception_weights: str | os.PathLike | None = None) -> dict:
     """Classifier, references, samples and their grids for :func:`evaluate`."""
-    from stage1_vqvae.runtime.grid import save_grid
+    from vqgen.stage1_vqvae.runtime.grid import save_grid
 
     info = train_ds.info
     section: dict[str, Any] = {}
@@ -380,8 +380,8 @@ def _samples_section(prior, lit, train_ds, eval_ds, tmp: Path, images: dict, not
     images["samples_unconditional"] = "samples_unconditional.png"
     log(f"samples: {num_samples} x {len(imgs)} kinds ({timings['samples']:.1f}s)")
     if inception_weights is not None:
-        from pipeline.evaluation.data import load_images
-        from pipeline.evaluation.inception import inception_section
+        from vqgen.pipeline.evaluation.data import load_images
+        from vqgen.pipeline.evaluation.inception import inception_section
 
         t0 = time.monotonic()
         section["inception"] = inception_section(inception_weights, load_images(eval_ds), imgs,

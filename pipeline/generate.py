@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stage1_vqvae.lit import LitVQVAE, load_vqvae, require_codes
-from stage1_vqvae.runtime.checkpoint import file_sha256
-from stage1_vqvae.runtime.errors import MissingInputError, UserError
-from stage1_vqvae.runtime.grid import save_grid, save_png
-from stage1_vqvae.runtime.outputs import owned_output_dir
-from stage2_prior.lit import LitPrior, load_prior
-from stage2_prior.sampling import sample as sample_codes
-from stage2_prior.sampling import validate_sampling_args
+from vqgen.stage1_vqvae.lit import LitVQVAE, load_vqvae, require_codes
+from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
+from vqgen.stage1_vqvae.runtime.errors import MissingInputError, UserError
+from vqgen.stage1_vqvae.runtime.grid import save_grid, save_png
+from vqgen.stage1_vqvae.runtime.outputs import owned_output_dir
+from vqgen.stage2_prior.lit import LitPrior, load_prior
+from vqgen.stage2_prior.sampling import sample as sample_codes
+from vqgen.stage2_prior.sampling import validate_sampling_args
 
 SAMPLES_MANIFEST = "samples.json"  # settings + the files sample wrote (the completion marker)
 SAMPLE_FILES = ("grid.png", "codes.npy", "labels.npy", SAMPLES_MANIFEST)

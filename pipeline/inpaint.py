@@ -36,14 +36,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.evaluation.stage2 import prior_nll
-from pipeline.generate import save_codes
-from pipeline.masks import code_to_pixel_mask, feather_weights
-from stage1_vqvae.runtime.errors import UserError
-from stage1_vqvae.runtime.grid import save_grid, save_png
-from stage1_vqvae.runtime.outputs import owned_output_dir
-from stage2_prior.sampling import filter_logits, validate_sampling_args
-from stage2_prior.sampling import sample as sample_codes
+from vqgen.pipeline.evaluation.stage2 import prior_nll
+from vqgen.pipeline.generate import save_codes
+from vqgen.pipeline.masks import code_to_pixel_mask, feather_weights
+from vqgen.stage1_vqvae.runtime.errors import UserError
+from vqgen.stage1_vqvae.runtime.grid import save_grid, save_png
+from vqgen.stage1_vqvae.runtime.outputs import owned_output_dir
+from vqgen.stage2_prior.sampling import filter_logits, validate_sampling_args
+from vqgen.stage2_prior.sampling import sample as sample_codes
 
 SELECT = ("importance", "best", "proposal")
 LN2 = math.log(2.0)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from stage1_vqvae.runtime.errors import MissingInputError, UserError
+from vqgen.stage1_vqvae.runtime.errors import MissingInputError, UserError
 
 
 def parse_box(text: str) -> tuple[int, int, int, int]:
@@ -57,7 +57,7 @@ def load_mask(path: str | os.PathLike, image_size: tuple[int, int]) -> Tensor:
     the images (``stage1_vqvae.data.convert_image``), but with nearest neighbour so the mask
     stays binary. Transparent pixels count as zero.
     """
-    from stage1_vqvae.data.images import _cover_size
+    from vqgen.stage1_vqvae.data.images import _cover_size
 
     if not os.path.exists(path):
         raise MissingInputError(f"--mask {path} does not exist; give a mask image "

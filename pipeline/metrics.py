@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # stage one logs the same numbers while training: one implementation, re-exported here
-from stage1_vqvae.likelihood import (  # noqa: F401 - the discretized pixel likelihood
+from vqgen.stage1_vqvae.likelihood import (  # noqa: F401 - the discretized pixel likelihood
     LN2,
     discretized_gaussian_log_probs,
     recon_bits,
 )
-from stage1_vqvae.metrics import entropy, histogram_probs, perplexity, psnr_from_mse  # noqa: F401
+from vqgen.stage1_vqvae.metrics import entropy, histogram_probs, perplexity, psnr_from_mse  # noqa: F401
 
 # ----------------------------------------------------------------------------- images
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.formatting import format_number
+from vqgen.pipeline.formatting import format_number
 
 # (panel title, columns, log y) per run kind; columns a run lacks are left out
 CURVE_PANELS: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {

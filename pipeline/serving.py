@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from stage1_vqvae.runtime.errors import MissingInputError, UserError
+from vqgen.stage1_vqvae.runtime.errors import MissingInputError, UserError
 
 NO_CLASS = "(no class)"
 SAMPLE_BATCH = 64      # `vqgen sample --batch-size` default: same batches, same bytes
@@ -59,7 +59,7 @@ class Server:
     def __init__(self, prior_path: str | os.PathLike, vqvae_path: str | os.PathLike | None,
                  work: str | os.PathLike, *, device: str = "cpu", max_upload_mb: float = 10.0,
                  data: str | None = None, data_root: str = "data") -> None:
-        from pipeline.generate import load_pair
+        from vqgen.pipeline.generate import load_pair
 
         self.prior_path = str(prior_path)
         self.prior, self.vqvae = load_pair(prior_path, vqvae_path, device)
@@ -91,7 +91,7 @@ class Server:
     def _class_index(self, choice: str | None) -> int | None:
         if choice in (None, "", NO_CLASS):
             return None
-        from pipeline.generate import resolve_class
+        from vqgen.pipeline.generate import resolve_class
 
         return resolve_class(self.prior, str(choice))
 
@@ -114,7 +114,7 @@ class Server:
 
     def load_image(self, path: str | os.PathLike) -> torch.Tensor:
         """An image file -> float (C, H, W) in [0, 1], converted as ``--image`` is."""
-        from stage1_vqvae.data import load_image
+        from vqgen.stage1_vqvae.data import load_image
 
         p = self.check_upload(path, "image")
         try:
@@ -126,7 +126,7 @@ class Server:
 
     def _view(self, images: torch.Tensor, path: Path) -> Path:
         """images float (C, H, W) in [0, 1] -> a PNG scaled up VIEW_SCALE x (nearest)."""
-        from stage1_vqvae.runtime.grid import to_uint8
+        from vqgen.stage1_vqvae.runtime.grid import to_uint8
 
         arr = to_uint8(images)
         img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
@@ -137,8 +137,8 @@ class Server:
     def _code_grid_overlay(self, image: torch.Tensor, code_mask: torch.Tensor, path: Path
                            ) -> Path:
         """The image with the masked code cells tinted red and the code grid drawn."""
-        from pipeline.inpaint import masked_view
-        from pipeline.masks import code_to_pixel_mask
+        from vqgen.pipeline.inpaint import masked_view
+        from vqgen.pipeline.masks import code_to_pixel_mask
 
         tinted = masked_view(image[None], code_to_pixel_mask(code_mask[None], self.image_size))
         self._view(tinted[0], path)
@@ -169,7 +169,7 @@ class Server:
                top_k: int | None = None, top_p: float | None = None, guidance: float = 1.0,
                seed: int = 0) -> Result:
         """``vqgen sample --num N [--class C] ... --seed S``: its files, in a new folder."""
-        from pipeline.generate import make_labels, sample, write_samples
+        from vqgen.pipeline.generate import make_labels, sample, write_samples
 
         num = int(num)
         if not 1 <= num <= 256:
@@ -201,7 +201,7 @@ class Server:
 
     def _data(self):
         if self._dataset is None:
-            from pipeline.commands.common import dataset_for
+            from vqgen.pipeline.commands.common import dataset_for
 
             args = SimpleNamespace(data=self.data, data_root=self.data_root, download=False,
                                    val_fraction=None)
@@ -228,8 +228,8 @@ class Server:
         file's size, True = regenerate), or with ``repair_fraction`` repair that share of
         the most surprising codes. Writes ``input.png`` and ``mask.png`` first, so
         ``vqgen inpaint --image input.png --mask mask.png`` reproduces the result."""
-        from pipeline.generate import make_labels
-        from pipeline.inpaint import (
+        from vqgen.pipeline.generate import make_labels
+        from vqgen.pipeline.inpaint import (
             check_repair_args,
             heat_map,
             inpaint,
@@ -237,7 +237,7 @@ class Server:
             surprisal,
             write_inpainting,
         )
-        from pipeline.masks import code_to_pixel_mask, load_mask, pixel_to_code_mask
+        from vqgen.pipeline.masks import code_to_pixel_mask, load_mask, pixel_to_code_mask
 
         num = int(num)
         if not 1 <= num <= 64:
@@ -293,9 +293,9 @@ class Server:
     def compress(self, paths: list[str | os.PathLike]) -> Result:
         """Images -> one .vqz (as ``vqgen compress FILES``) and, per image, bits for ours
         vs PNG and JPEG / WebP at our PSNR."""
-        from pipeline.baselines import lossy_at_psnr, png_baseline
-        from pipeline.codec import build_report, compress_codes, encode_batches, pixels_per_image
-        from stage1_vqvae.runtime.grid import to_uint8
+        from vqgen.pipeline.baselines import lossy_at_psnr, png_baseline
+        from vqgen.pipeline.codec import build_report, compress_codes, encode_batches, pixels_per_image
+        from vqgen.stage1_vqvae.runtime.grid import to_uint8
 
         if not paths:
             raise UserError("no images uploaded; drop one or more PNG / JPEG files")
@@ -325,8 +325,8 @@ class Server:
 
     def decompress(self, path: str | os.PathLike) -> Result:
         """A .vqz made with these checkpoints -> its images (PNGs, as ``vqgen decompress``)."""
-        from pipeline.codec import decode_codes, decode_images, open_vqz, output_names
-        from stage1_vqvae.runtime.grid import save_png
+        from vqgen.pipeline.codec import decode_codes, decode_images, open_vqz, output_names
+        from vqgen.stage1_vqvae.runtime.grid import save_png
 
         p = self.check_upload(path, ".vqz file")
         data = p.read_bytes()
@@ -349,8 +349,8 @@ class Server:
     def model_card(self, num_images: int = 512) -> Result:
         """What the checkpoints are, the codebook usage on held-out images, and a few
         reconstructions. Data-dependent parts are skipped (with a note) without data."""
-        from pipeline.report import plot_code_histogram, read_training_logs
-        from stage1_vqvae.runtime.grid import make_grid_image
+        from vqgen.pipeline.report import plot_code_histogram, read_training_logs
+        from vqgen.stage1_vqvae.runtime.grid import make_grid_image
 
         folder = self.new_folder("card")
         p, v = self.prior, self.vqvae

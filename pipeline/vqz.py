@@ -37,7 +37,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from stage1_vqvae.runtime.errors import UserError
+from vqgen.stage1_vqvae.runtime.errors import UserError
 
 MAGIC = b"\x89VQZ"
 FORMAT_VERSION = 1

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.model import GatedPixelCNN
 
 
 def _per_position(weight: Tensor, vec: bool) -> Tensor:

@@ -18,9 +18,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stage1_vqvae.codes import CodeMapError, CodeMaps, read_code_maps
-from stage1_vqvae.runtime.data_order import make_loader
-from stage1_vqvae.runtime.errors import MissingInputError
+from vqgen.stage1_vqvae.codes import CodeMapError, CodeMaps, read_code_maps
+from vqgen.stage1_vqvae.runtime.data_order import make_loader
+from vqgen.stage1_vqvae.runtime.errors import MissingInputError
 
 SPLITS = ("train", "val")
 # facts both splits must share, or the prior would learn one thing and be judged on another

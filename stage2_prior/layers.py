@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stage1_vqvae.runtime.errors import UserError
+from vqgen.stage1_vqvae.runtime.errors import UserError
 
 
 def check_kernel_size(kernel_size: int) -> None:

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stage1_vqvae.codes import MAX_CODE_SIDE
-from stage1_vqvae.runtime.checkpoint import (
+from vqgen.stage1_vqvae.codes import MAX_CODE_SIDE
+from vqgen.stage1_vqvae.runtime.checkpoint import (
     checkpoint_stamp,
     classes_problem,
     dim,
@@ -24,8 +24,8 @@ from stage1_vqvae.runtime.checkpoint import (
     is_int,
     rebuild_module,
 )
-from stage1_vqvae.runtime.errors import UserError
-from stage1_vqvae.runtime.trainer import warmup_cosine
+from vqgen.stage1_vqvae.runtime.errors import UserError
+from vqgen.stage1_vqvae.runtime.trainer import warmup_cosine
 
 from .model import GatedPixelCNN
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from stage1_vqvae.runtime.errors import UserError
-from stage2_prior.layers import GatedBlock, check_kernel_size, dependency_mask
+from vqgen.stage1_vqvae.runtime.errors import UserError
+from vqgen.stage2_prior.layers import GatedBlock, check_kernel_size, dependency_mask
 
 
 def _is_int(x: object) -> bool:

@@ -20,9 +20,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from stage1_vqvae.runtime.errors import UserError
-from stage2_prior.cached import IncrementalState
-from stage2_prior.model import GatedPixelCNN
+from vqgen.stage1_vqvae.runtime.errors import UserError
+from vqgen.stage2_prior.cached import IncrementalState
+from vqgen.stage2_prior.model import GatedPixelCNN
 
 SAMPLERS = ("cached", "naive")
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from stage1_vqvae.codes import read_meta
-from stage1_vqvae.runtime.checkpoint import read_checkpoint
-from stage1_vqvae.runtime.data_order import saved_loader_state
-from stage1_vqvae.runtime.errors import UserError
-from stage1_vqvae.runtime.run_dir import prepare_run_dir
-from stage1_vqvae.runtime.trainer import make_trainer, quiet_lightning
+from vqgen.stage1_vqvae.codes import read_meta
+from vqgen.stage1_vqvae.runtime.checkpoint import read_checkpoint
+from vqgen.stage1_vqvae.runtime.data_order import saved_loader_state
+from vqgen.stage1_vqvae.runtime.errors import UserError
+from vqgen.stage1_vqvae.runtime.run_dir import prepare_run_dir
+from vqgen.stage1_vqvae.runtime.trainer import make_trainer, quiet_lightning
 
 from .data import CodeMapDataModule
 from .lit import LitPrior, load_prior

@@ -55,7 +55,7 @@ def tiny_vqvae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Read-only for tests: copy it before resuming or overwriting.
     """
-    from pipeline.cli import main
+    from vqgen.pipeline.cli import main
 
     out = tmp_path_factory.mktemp("tiny_vqvae") / "run"
     rc = main(tiny_train_argv(out))
@@ -100,8 +100,8 @@ def tiny_prior_run(tiny_vqvae_run: Path, tmp_path_factory: pytest.TempPathFactor
     """A tiny class-conditional prior (hidden 8, 2 layers, --cond-drop 0.5) trained once for
     the session on ``tiny_vqvae_run``'s codes through the CLI; records that VQ-VAE.
     Returns the run folder (last.ckpt). Read-only."""
-    from pipeline.cli import main
     from tests.test_prior import train_prior_argv
+    from vqgen.pipeline.cli import main
 
     out = tmp_path_factory.mktemp("tiny_prior") / "run"
     assert main(train_prior_argv(tiny_vqvae_run / "codes", out, "--cond-drop", "0.5")) == 0

@@ -1,4 +1,4 @@
-"""Run ``python -m pipeline`` in a child process the way a user would (one thread each:
+"""Run ``python -m vqgen.pipeline`` in a child process the way a user would (one thread each:
 two torch processes with two threads each on two cores run about 5x slower)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def vqgen(*argv: object, cwd: Path | None = None, timeout: float = 240
           ) -> subprocess.CompletedProcess:
     """Run ``vqgen ARGV`` to completion; returns the completed process (text output)."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *map(str, argv)], env=child_env(), cwd=cwd,
+        [sys.executable, "-m", "vqgen.pipeline", *map(str, argv)], env=child_env(), cwd=cwd,
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
 
@@ -36,7 +36,7 @@ def start(*argv: object, log: Path) -> subprocess.Popen:
     """Start ``vqgen ARGV`` in the background, output to ``log``."""
     f = open(log, "w")  # noqa: SIM115 - closed by the caller via the process
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *map(str, argv)], env=child_env(), stdout=f,
+        [sys.executable, "-m", "vqgen.pipeline", *map(str, argv)], env=child_env(), stdout=f,
         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
+from vqgen.pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("VQGEN_CHROMIUM", "/usr/bin/chromium")
@@ -59,7 +59,7 @@ class Served:
                "PYTHONUNBUFFERED": "1"}
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "serve", "--prior", str(prior),
+            [sys.executable, "-m", "vqgen.pipeline", "serve", "--prior", str(prior),
              "--port", str(self.port), "--device", "cpu", "--max-upload-mb", "1"],
             cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
@@ -266,8 +266,8 @@ def test_compress_upload_errors_and_decode(browser, served, tiny_vqvae_run, tmp_
     """Upload a PNG and compress: a row of bits (ours, PNG, JPEG / WebP at our PSNR) and a
     .vqz that `vqgen decompress` reads; a file that is not an image gives a one-line error
     in the page and the server keeps serving; the .vqz decodes in the page too."""
-    from stage1_vqvae.data import build_dataset
-    from stage1_vqvae.runtime.grid import save_png
+    from vqgen.stage1_vqvae.data import build_dataset
+    from vqgen.stage1_vqvae.runtime.grid import save_png
 
     ds = build_dataset("mnist5k", "val")
     png = tmp_path / "digit.png"

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from stage2_prior.cached import incremental_logits
-from stage2_prior.model import GatedPixelCNN
-from stage2_prior.sampling import sample
+from vqgen.stage2_prior.cached import incremental_logits
+from vqgen.stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.sampling import sample
 
 
 def make_model(

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.cli import main
-from stage1_vqvae.runtime.checkpoint import (
+from tests.test_prior import _val_batch, train_prior_argv
+from vqgen.pipeline.cli import main
+from vqgen.stage1_vqvae.runtime.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     read_checkpoint,
 )
-from stage2_prior.lit import load_prior
-from tests.test_prior import _val_batch, train_prior_argv
+from vqgen.stage2_prior.lit import load_prior
 
 HIDDEN, LAYERS = 8, 2  # the tiny prior of test_prior.TINY_PRIOR_ARGS
 DEAD = [f"model.blocks.{LAYERS - 1}.h_out.weight", f"model.blocks.{LAYERS - 1}.h_out.bias"]

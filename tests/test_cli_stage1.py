@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cli import build_parser, main
-from stage1_vqvae.codes import read_code_maps, write_code_maps
-from stage1_vqvae.data import build_dataset
-from stage1_vqvae.lit import load_vqvae
-from stage1_vqvae.runtime.grid import to_uint8
 from tests.conftest import TINY_NUM_CODES, TINY_STEPS_PER_EPOCH, tiny_train_argv
+from vqgen.pipeline.cli import build_parser, main
+from vqgen.stage1_vqvae.codes import read_code_maps, write_code_maps
+from vqgen.stage1_vqvae.data import build_dataset
+from vqgen.stage1_vqvae.lit import load_vqvae
+from vqgen.stage1_vqvae.runtime.grid import to_uint8
 
 STAGE1_VERBS = ("train-vqvae", "encode", "reconstruct", "decode")
 # tiny model for CLI runs that train their own VQ-VAE

@@ -15,15 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cli import main
-from stage1_vqvae.codes import read_code_maps, write_code_maps
-from stage1_vqvae.lit import LitVQVAE, load_vqvae
-from stage1_vqvae.runtime.checkpoint import checkpoint_stamp
-from stage1_vqvae.runtime.grid import to_uint8
-from stage2_prior.lit import load_prior
 from tests.conftest import TINY_NUM_CODES
 from tests.test_cli_stage1 import assert_usage_error, run, tree
 from tests.test_prior import train_prior_argv
+from vqgen.pipeline.cli import main
+from vqgen.stage1_vqvae.codes import read_code_maps, write_code_maps
+from vqgen.stage1_vqvae.lit import LitVQVAE, load_vqvae
+from vqgen.stage1_vqvae.runtime.checkpoint import checkpoint_stamp
+from vqgen.stage1_vqvae.runtime.grid import to_uint8
+from vqgen.stage2_prior.lit import load_prior
 
 NUM_CLASSES = 10
 
@@ -120,7 +120,7 @@ def test_train_prior_resume_continues_and_keeps_its_config(prior_run: Path, tmp_
 def test_train_prior_resume_trains_in_train_mode(prior_run: Path, tmp_path: Path, monkeypatch):
     """A resumed run trains the module in train mode, like a fresh run (Lightning keeps the
     mode the module arrives in, and load_prior returns it in eval mode)."""
-    from stage2_prior.lit import LitPrior
+    from vqgen.stage2_prior.lit import LitPrior
 
     modes = []
     step = LitPrior.training_step
@@ -441,8 +441,8 @@ TINY_PRIOR = dict(hidden=8, num_layers=2, head_hidden=16)
 
 def run_demo_cli(out: Path, *extra: str) -> tuple[int, str]:
     """``vqgen demo`` with tiny models (1 epoch per stage, 1 sample per class) -> (rc, stdout)."""
-    from stage1_vqvae import lit as stage1_lit
-    from stage2_prior import train as stage2_train
+    from vqgen.stage1_vqvae import lit as stage1_lit
+    from vqgen.stage2_prior import train as stage2_train
 
     argv = ["demo", "--out", str(out), "--vqvae-epochs", "1", "--prior-epochs", "1",
             "--per-class", "1", "--accelerator", "cpu", "--device", "cpu", *extra]

@@ -14,8 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pipeline.codec as codec
-from pipeline.codec import (
+import vqgen.pipeline.codec as codec
+from tests.test_cli_stage1 import assert_usage_error, run, tree
+from vqgen.pipeline.codec import (
     build_report,
     compress,
     compress_codes,
@@ -24,12 +25,11 @@ from pipeline.codec import (
     encode_batches,
     open_vqz,
 )
-from pipeline.generate import MismatchError, load_pair
-from pipeline.vqz import FORMAT_VERSION, VqzError, read_header
-from stage1_vqvae.codes import read_code_maps
-from stage1_vqvae.data import build_dataset
-from stage1_vqvae.runtime.checkpoint import file_sha256
-from tests.test_cli_stage1 import assert_usage_error, run, tree
+from vqgen.pipeline.generate import MismatchError, load_pair
+from vqgen.pipeline.vqz import FORMAT_VERSION, VqzError, read_header
+from vqgen.stage1_vqvae.codes import read_code_maps
+from vqgen.stage1_vqvae.data import build_dataset
+from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
 
 N = 40  # images per round trip: several batches of 16, a partial last one
 
@@ -50,7 +50,7 @@ def val(tiny_vqvae_run: Path) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="module")
 def val_file(tmp_path_factory: pytest.TempPathFactory, tiny_prior_run: Path) -> Path:
     """`vqgen compress` of the first mnist5k val images, one stream per image. Read-only."""
-    from pipeline.cli import main
+    from vqgen.pipeline.cli import main
 
     out = tmp_path_factory.mktemp("vqz") / "val.vqz"
     assert main(["compress", "--prior", str(tiny_prior_run / "last.ckpt"), "--data", "mnist5k",
@@ -243,7 +243,7 @@ def test_cli_round_trip_writes_pngs_codes_labels_and_report(tiny_prior_run, tmp_
 def test_cli_folder_keeps_names_and_maps_class_folders(tiny_prior_run, tmp_path, capsys):
     # class subfolders named like the prior's classes ("3", "7") give labels, others none
     ds = build_dataset("mnist5k", "val")
-    from stage1_vqvae.runtime.grid import save_png
+    from vqgen.stage1_vqvae.runtime.grid import save_png
 
     src = tmp_path / "digits"
     for i, cls in enumerate(["3", "7", "cats"]):
@@ -291,7 +291,7 @@ def test_cli_bad_inputs(tiny_prior_run, val_file, tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
     ds = build_dataset("mnist5k", "val")
-    from stage1_vqvae.runtime.grid import save_png
+    from vqgen.stage1_vqvae.runtime.grid import save_png
 
     save_png(ds[0][0], folder / "good.png")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -330,7 +330,7 @@ def test_cli_existing_outputs_are_refused_unless_overwrite(tiny_prior_run, val_f
 
 
 def test_decompress_never_leaves_a_partial_folder(val_file, tmp_path, capsys, monkeypatch):
-    import stage1_vqvae.runtime.grid as grid
+    import vqgen.stage1_vqvae.runtime.grid as grid
 
     calls = []
     real = grid.save_png
@@ -378,9 +378,9 @@ def test_copied_file_still_decodes(val_file, tmp_path, pair):
 
 def test_unconditional_prior_round_trip(tiny_vqvae_run, val, tmp_path):
     """An unconditional prior codes no labels (they are ignored), and still round-trips."""
-    from pipeline.cli import main
     from tests.test_cli_stage2 import rewrite_meta
     from tests.test_prior import train_prior_argv
+    from vqgen.pipeline.cli import main
 
     codes_dir = tmp_path / "codes"
     shutil.copytree(tiny_vqvae_run / "codes", codes_dir)

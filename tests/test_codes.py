@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cli import main
-from stage1_vqvae.codes import (
+from vqgen.pipeline.cli import main
+from vqgen.stage1_vqvae.codes import (
     FORMAT_VERSION,
     CodeMapError,
     CodeMapWriter,
@@ -24,9 +24,9 @@ from stage1_vqvae.codes import (
     validate_codes,
     write_code_maps,
 )
-from stage1_vqvae.data import build_dataset
-from stage1_vqvae.lit import load_vqvae
-from stage1_vqvae.runtime.checkpoint import file_sha256
+from vqgen.stage1_vqvae.data import build_dataset
+from vqgen.stage1_vqvae.lit import load_vqvae
+from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
 
 META_KEYS = {"format_version", "num_codes", "code_shape", "count", "num_classes", "class_names"}
 

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 
-from stage1_vqvae import data as D
-from stage1_vqvae.data import (
+from vqgen.stage1_vqvae import data as D
+from vqgen.stage1_vqvae.data import (
     DATA_CHOICES,
     DataError,
     DataInfo,

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from stage1_vqvae.codes import read_code_maps
-from stage1_vqvae.lit import load_vqvae
-from stage2_prior.lit import load_prior
 from tests.conftest import TINY_MODEL_ARGS
 from tests.subproc import vqgen
+from vqgen.stage1_vqvae.codes import read_code_maps
+from vqgen.stage1_vqvae.lit import load_vqvae
+from vqgen.stage2_prior.lit import load_prior
 
 STEPS_PER_EPOCH = 4
 DDP = ("--accelerator", "cpu", "--devices", "2", "--strategy", "ddp")
@@ -72,8 +72,8 @@ def _last_logged(run: Path, key: str) -> float:
 def test_ddp_validation_metrics_cover_both_ranks(ddp_vqvae):
     """The logged held-out PSNR, usage and perplexity are those of the whole split (each
     rank validated half of it), as one process computes them from the final weights."""
-    from pipeline.evaluation.stage1 import stage1_metrics
-    from stage1_vqvae.data import build_dataset
+    from vqgen.pipeline.evaluation.stage1 import stage1_metrics
+    from vqgen.stage1_vqvae.data import build_dataset
 
     out = ddp_vqvae[0]
     one = stage1_metrics(load_vqvae(out / "last.ckpt"), build_dataset("mnist5k", "val"))
@@ -94,7 +94,7 @@ def test_ddp_stage_two_ranks_agree(ddp_vqvae, tmp_path: Path):
     prior = load_prior(out / "last.ckpt")
     assert prior.num_codes == load_vqvae(ddp_vqvae[0] / "last.ckpt").num_codes
     # the logged held-out NLL is over the whole split (250 maps on each rank)
-    from pipeline.evaluation.stage2 import prior_nll
+    from vqgen.pipeline.evaluation.stage2 import prior_nll
 
     val = read_code_maps(codes / "val")
     nll = prior_nll(prior, np.asarray(val.codes), torch.as_tensor(np.asarray(val.labels)))
@@ -121,7 +121,7 @@ def test_ddp_encode_equals_single_process(ddp_vqvae, tmp_path: Path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_impossible_device_request_is_one_line(tiny_vqvae_run: Path, tmp_path: Path, capsys):
-    from pipeline.cli import main
+    from vqgen.pipeline.cli import main
 
     rc = main(["encode", "--vqvae", str(tiny_vqvae_run / "last.ckpt"), "--out",
                str(tmp_path / "c"), "--accelerator", "gpu", "--devices", "2"])

@@ -12,13 +12,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from pipeline.cli import main
-from stage1_vqvae import gan
-from stage1_vqvae.gaussian import kl_divergence
-from stage1_vqvae.lit import LitGaussianVAE, LitVQGAN, LitVQVAE, load_vqvae
-from stage1_vqvae.train import train_vqvae
 from tests.conftest import tiny_train_argv
 from tests.test_faults import TINY_DATA, TINY_VQ, Crash, _targs
+from vqgen.pipeline.cli import main
+from vqgen.stage1_vqvae import gan
+from vqgen.stage1_vqvae.gaussian import kl_divergence
+from vqgen.stage1_vqvae.lit import LitGaussianVAE, LitVQGAN, LitVQVAE, load_vqvae
+from vqgen.stage1_vqvae.train import train_vqvae
 
 GAN = dict(gan=True, disc_width=8, perceptual="features")
 
@@ -113,7 +113,7 @@ def test_the_adversarial_term_moves_the_generator_against_the_discriminator(tmp_
 
 
 def _val_images(n: int) -> torch.Tensor:
-    from stage1_vqvae.data import build_dataset
+    from vqgen.stage1_vqvae.data import build_dataset
 
     ds = build_dataset("mnist5k", "val", channels=1, image_size=(28, 28))
     return torch.stack([ds[i][0] for i in range(n)])
@@ -214,8 +214,8 @@ def test_vqgan_copy_resumes_through_the_cli(family_runs: dict[str, Path], tmp_pa
 
 
 def test_sharpness_ratio_orders_blur_and_noise():
-    from pipeline import metrics as M
-    from pipeline.evaluation.compare import sharpness_ratio
+    from vqgen.pipeline import metrics as M
+    from vqgen.pipeline.evaluation.compare import sharpness_ratio
 
     x = _val_images(32)
     assert sharpness_ratio(x, x) == pytest.approx(1.0)
@@ -230,10 +230,10 @@ def test_readme_compare_command(family_runs: dict[str, Path], tmp_path: Path, mo
     (a tiny scoring classifier): one table, one figure, consistent with the main report."""
     import json
 
-    import pipeline.evaluate
+    import vqgen.pipeline.evaluate as evaluate_module
     from tests.test_evaluate import TINY_CLASSIFIER
 
-    monkeypatch.setattr(pipeline.evaluate, "CLASSIFIER_CONFIG", TINY_CLASSIFIER)
+    monkeypatch.setattr(evaluate_module, "CLASSIFIER_CONFIG", TINY_CLASSIFIER)
     out = tmp_path / "report"
     argv = ["evaluate", "--vqvae", str(family_runs["vqgan"] / "last.ckpt"), "--compare",
             str(family_runs["vq"] / "last.ckpt"), str(family_runs["vae"] / "last.ckpt"),

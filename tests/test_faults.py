@@ -13,15 +13,15 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from pipeline.cli import main
-from stage1_vqvae.codes import read_code_maps
-from stage1_vqvae.lit import load_vqvae
-from stage1_vqvae.runtime.fsutil import atomic_dir
-from stage1_vqvae.train import train_vqvae
-from stage2_prior.lit import load_prior
-from stage2_prior.train import train_prior
 from tests.conftest import TINY_MODEL_ARGS
 from tests.subproc import start, vqgen, wait_for
+from vqgen.pipeline.cli import main
+from vqgen.stage1_vqvae.codes import read_code_maps
+from vqgen.stage1_vqvae.lit import load_vqvae
+from vqgen.stage1_vqvae.runtime.fsutil import atomic_dir
+from vqgen.stage1_vqvae.train import train_vqvae
+from vqgen.stage2_prior.lit import load_prior
+from vqgen.stage2_prior.train import train_prior
 
 TINY_VQ = dict(hidden=16, res_hidden=8, num_res=1, code_dim=8, num_codes=32)
 TINY_DATA = dict(data="mnist5k", channels=1, image_size=(28, 28), batch_size=32, seed=0)
@@ -244,7 +244,7 @@ def test_stale_temp_of_a_live_process_is_kept(tmp_path: Path):
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypatch):
     """A save that dies half-way (disk full, kill) leaves the old last.ckpt whole."""
-    from stage1_vqvae.runtime.trainer import AtomicCheckpointIO
+    from vqgen.stage1_vqvae.runtime.trainer import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
@@ -264,7 +264,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkey
 
 def test_atomic_outputs_get_the_usual_permissions(tmp_path: Path):
     """Temp files and folders are private while written; the results are not."""
-    from stage1_vqvae.runtime.fsutil import atomic_file
+    from vqgen.stage1_vqvae.runtime.fsutil import atomic_file
 
     old = os.umask(0o022)
     try:
@@ -280,7 +280,7 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path: Path):
 
 def test_resume_position_carries_over_to_another_world_size():
     """A run saved mid-epoch on 2 ranks and resumed on 1 (or 4) skips the same items."""
-    from stage1_vqvae.runtime.data_order import EpochShuffleSampler, ResumableLoader
+    from vqgen.stage1_vqvae.runtime.data_order import EpochShuffleSampler, ResumableLoader
 
     n, bs = 40, 4
     saved = {"epoch": 3, "batches": 2, "batch_size": bs, "world_size": 2}  # 16 items used

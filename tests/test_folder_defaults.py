@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cli import build_parser
-from pipeline.commands.stage1 import PRESET_NAMES, vqvae_config
-from pipeline.commands.stage2 import prior_config
-from stage1_vqvae.codes import FORMAT_VERSION
-from stage1_vqvae.lit import PRESETS
-from stage2_prior.layers import dependency_mask
-from stage2_prior.sizing import LARGE_DATA_MAPS, prior_defaults, sees_whole_grid
-from stage2_prior.train import PRIOR_DEFAULTS
+from vqgen.pipeline.cli import build_parser
+from vqgen.pipeline.commands.stage1 import PRESET_NAMES, vqvae_config
+from vqgen.pipeline.commands.stage2 import prior_config
+from vqgen.stage1_vqvae.codes import FORMAT_VERSION
+from vqgen.stage1_vqvae.lit import PRESETS
+from vqgen.stage2_prior.layers import dependency_mask
+from vqgen.stage2_prior.sizing import LARGE_DATA_MAPS, prior_defaults, sees_whole_grid
+from vqgen.stage2_prior.train import PRIOR_DEFAULTS
 
 
 def write_images(root: Path, specs: list[tuple[str, int, int]], classes: int = 2) -> Path:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from stage1_vqvae import gan
-from stage1_vqvae.model import VQVAE
-from stage1_vqvae.runtime.errors import MissingInputError
+from vqgen.stage1_vqvae import gan
+from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage1_vqvae.runtime.errors import MissingInputError
 
 
 def test_hinge_losses_at_known_logits():

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.defaults import EXAMPLES
-from pipeline.generate import load_pair
-from pipeline.inpaint import (
+from tests.test_cli_stage1 import assert_usage_error, run, tree
+from vqgen.pipeline.defaults import EXAMPLES
+from vqgen.pipeline.generate import load_pair
+from vqgen.pipeline.inpaint import (
     draw_candidates,
     effective_sample_size,
     inpaint,
@@ -32,18 +33,17 @@ from pipeline.inpaint import (
     select_candidates,
     surprisal,
 )
-from pipeline.masks import (
+from vqgen.pipeline.masks import (
     box_mask,
     code_to_pixel_mask,
     feather_weights,
     load_mask,
     pixel_to_code_mask,
 )
-from stage1_vqvae.data import build_dataset
-from stage1_vqvae.runtime.grid import to_uint8
-from stage2_prior.lit import LitPrior
-from stage2_prior.sampling import filter_logits
-from tests.test_cli_stage1 import assert_usage_error, run, tree
+from vqgen.stage1_vqvae.data import build_dataset
+from vqgen.stage1_vqvae.runtime.grid import to_uint8
+from vqgen.stage2_prior.lit import LitPrior
+from vqgen.stage2_prior.sampling import filter_logits
 
 K = 3
 ALL_GRIDS = torch.tensor(list(itertools.product(range(K), repeat=4))).reshape(-1, 2, 2)  # (81, 2, 2)
@@ -405,9 +405,9 @@ def test_readme_example_runs_on_tiny_fixtures(verb, tiny_prior_run: Path, tmp_pa
 def uncond_prior_ckpt(tiny_vqvae_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     import shutil
 
-    from pipeline.cli import main
     from tests.test_cli_stage2 import rewrite_meta
     from tests.test_prior import train_prior_argv
+    from vqgen.pipeline.cli import main
 
     root = tmp_path_factory.mktemp("uncond_inpaint")
     shutil.copytree(tiny_vqvae_run / "codes", root / "codes")

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from stage1_vqvae.codes import write_code_maps
-from stage1_vqvae.data import build_dataset
-from stage1_vqvae.lit import LitVQVAE
-from stage1_vqvae.quantizer import VectorQuantizer
-from stage1_vqvae.train import train_vqvae
-from stage2_prior.train import train_prior
+from vqgen.stage1_vqvae.codes import write_code_maps
+from vqgen.stage1_vqvae.data import build_dataset
+from vqgen.stage1_vqvae.lit import LitVQVAE
+from vqgen.stage1_vqvae.quantizer import VectorQuantizer
+from vqgen.stage1_vqvae.train import train_vqvae
+from vqgen.stage2_prior.train import train_prior
 
 # quiet, checkpoint only at the epoch end, CPU: what every tiny run here shares
 TRAINER = dict(max_epochs=1, accelerator="cpu", devices=1, quiet=True, checkpoint_every_minutes=0)

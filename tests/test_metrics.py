@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import metrics as M
+from vqgen.pipeline import metrics as M
 
 # ---------------------------------------------------------------------- PSNR, SSIM, blur
 

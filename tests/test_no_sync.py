@@ -17,10 +17,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from stage1_vqvae.data import VQDataModule
-from stage1_vqvae.lit import LitVQVAE
-from stage2_prior.data import CodeMapDataModule
-from stage2_prior.lit import LitPrior
+from vqgen.stage1_vqvae.data import VQDataModule
+from vqgen.stage1_vqvae.lit import LitVQVAE
+from vqgen.stage2_prior.data import CodeMapDataModule
+from vqgen.stage2_prior.lit import LitPrior
 
 
 class HostRead(AssertionError):
@@ -118,7 +118,7 @@ def test_prior_training_step_reads_nothing_on_the_host(tiny_vqvae_run: Path, con
 
 def test_direct_prior_calls_still_check_their_inputs(tiny_vqvae_run: Path):
     """The checks skipped in the training step stay for user-facing calls."""
-    from stage1_vqvae.runtime.errors import UserError
+    from vqgen.stage1_vqvae.runtime.errors import UserError
 
     lit = LitPrior(num_codes=8, code_shape=(2, 2), num_classes=3, hidden=8, num_layers=2,
                    head_hidden=8)
@@ -130,8 +130,8 @@ def test_direct_prior_calls_still_check_their_inputs(tiny_vqvae_run: Path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_quantizer_and_prior_steps_do_not_sync_on_cuda():
-    from stage1_vqvae.quantizer import VectorQuantizer
-    from stage2_prior.model import GatedPixelCNN
+    from vqgen.stage1_vqvae.quantizer import VectorQuantizer
+    from vqgen.stage2_prior.model import GatedPixelCNN
 
     q = VectorQuantizer(64, 8, kmeans_init=True, dead_after=1).cuda().train()
     prior = GatedPixelCNN(64, (4, 4), num_classes=3, hidden=8, num_layers=2, head_hidden=8).cuda()

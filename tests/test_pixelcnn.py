@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stage2_prior.layers import dependency_mask
-from stage2_prior.model import GatedPixelCNN
-from stage2_prior.sampling import filter_logits, sample, validate_sampling_args
+from vqgen.stage2_prior.layers import dependency_mask
+from vqgen.stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.sampling import filter_logits, sample, validate_sampling_args
 
 
 def make_model(

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cli import main
-from stage1_vqvae.codes import read_code_maps
-from stage1_vqvae.data import build_dataset
-from stage1_vqvae.lit import LitVQVAE, load_vqvae
-from stage1_vqvae.quantizer import VectorQuantizer
-from stage1_vqvae.runtime.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
 from tests.conftest import tiny_train_argv
+from vqgen.pipeline.cli import main
+from vqgen.stage1_vqvae.codes import read_code_maps
+from vqgen.stage1_vqvae.data import build_dataset
+from vqgen.stage1_vqvae.lit import LitVQVAE, load_vqvae
+from vqgen.stage1_vqvae.quantizer import VectorQuantizer
+from vqgen.stage1_vqvae.runtime.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
 
 PENDING = "model.quantizer.kmeans_pending"
 

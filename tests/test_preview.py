@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from stage1_vqvae.data import balanced_pick
+from vqgen.stage1_vqvae.data import balanced_pick
 
 
 def sorted_labels(classes: int = 10, per: int = 50) -> np.ndarray:
@@ -40,8 +40,8 @@ def test_epoch_preview_shows_every_class(tiny_vqvae_run: Path, monkeypatch):
     val split every digit appears."""
     from PIL import Image
 
-    from stage1_vqvae.data import build_dataset
-    from stage1_vqvae.lit import LitVQVAE
+    from vqgen.stage1_vqvae.data import build_dataset
+    from vqgen.stage1_vqvae.lit import LitVQVAE
 
     ds = build_dataset("mnist5k", "val", channels=1, image_size=(28, 28))
     pick = balanced_pick(ds.labels, LitVQVAE.preview_count, seed=0)
@@ -57,9 +57,9 @@ def test_epoch_preview_shows_every_class(tiny_vqvae_run: Path, monkeypatch):
 
 
 def test_report_grid_uses_the_same_pick(tiny_vqvae_run: Path):
-    from pipeline.evaluate import run_stage1
-    from stage1_vqvae.data import build_dataset
-    from stage1_vqvae.lit import load_vqvae
+    from vqgen.pipeline.evaluate import run_stage1
+    from vqgen.stage1_vqvae.data import build_dataset
+    from vqgen.stage1_vqvae.lit import load_vqvae
 
     ds = build_dataset("mnist5k", "val", channels=1, image_size=(28, 28))
     s1 = run_stage1(load_vqvae(tiny_vqvae_run / "last.ckpt"), ds, batch_size=128)

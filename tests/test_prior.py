@@ -15,8 +15,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from pipeline.cli import main
-from pipeline.generate import (
+from tests.conftest import TINY_NUM_CODES
+from vqgen.pipeline.cli import main
+from vqgen.pipeline.generate import (
     MismatchError,
     check_compatible,
     load_pair,
@@ -24,13 +25,12 @@ from pipeline.generate import (
     resolve_class,
     sample,
 )
-from stage1_vqvae.codes import read_code_maps, write_code_maps
-from stage1_vqvae.lit import LitVQVAE
-from stage1_vqvae.runtime.checkpoint import CheckpointError, file_sha256
-from stage2_prior.data import CodeMapDataModule
-from stage2_prior.lit import LitPrior, load_prior
-from stage2_prior.train import train_prior
-from tests.conftest import TINY_NUM_CODES
+from vqgen.stage1_vqvae.codes import read_code_maps, write_code_maps
+from vqgen.stage1_vqvae.lit import LitVQVAE
+from vqgen.stage1_vqvae.runtime.checkpoint import CheckpointError, file_sha256
+from vqgen.stage2_prior.data import CodeMapDataModule
+from vqgen.stage2_prior.lit import LitPrior, load_prior
+from vqgen.stage2_prior.train import train_prior
 
 # the tiny prior every stage-two test trains (a fraction of a second on one thread)
 TINY_PRIOR_ARGS = ("--hidden", "8", "--num-layers", "2", "--head-hidden", "16",

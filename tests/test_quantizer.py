@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stage1_vqvae.quantizer import VectorQuantizer, kmeans, nearest_codes
+from vqgen.stage1_vqvae.quantizer import VectorQuantizer, kmeans, nearest_codes
 
 
 def to_grid(flat: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from stage1_vqvae.quantizer import VectorQuantizer, _kmeans_pp_seeds, nearest_codes
+from vqgen.stage1_vqvae.quantizer import VectorQuantizer, _kmeans_pp_seeds, nearest_codes
 
 K, D, N = 8, 3, 64
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stage1_vqvae.quantizer import VectorQuantizer
+from vqgen.stage1_vqvae.quantizer import VectorQuantizer
 
 K, D = 12, 3
 ARGS = dict(beta=0.25, decay=0.8, kmeans_init=True, dead_after=3)

@@ -22,19 +22,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.commands import serve as serve_verb
-from pipeline.evaluate import CLASSIFIER_CONFIG
-from pipeline.vqz import MAGIC
-from stage1_vqvae import lit as stage1_lit
-from stage1_vqvae.data import build_dataset
-from stage1_vqvae.runtime.grid import save_png
-from stage2_prior import train as stage2_train
 from tests.conftest import TINY_MODEL_ARGS, TINY_TRAIN_ARGS
 from tests.test_cli_stage2 import TINY_PRESET, TINY_PRIOR
 from tests.test_evaluate import TINY_CLASSIFIER
 from tests.test_prior import TINY_PRIOR_ARGS
 from tests.test_readme import README_TEXT, vqgen_commands
+from vqgen.pipeline.cli import main
+from vqgen.pipeline.commands import serve as serve_verb
+from vqgen.pipeline.evaluate import CLASSIFIER_CONFIG
+from vqgen.pipeline.vqz import MAGIC
+from vqgen.stage1_vqvae import lit as stage1_lit
+from vqgen.stage1_vqvae.data import build_dataset
+from vqgen.stage1_vqvae.runtime.grid import save_png
+from vqgen.stage2_prior import train as stage2_train
 
 COMMANDS = vqgen_commands(README_TEXT)
 NEEDS_GPUS = [c for c in COMMANDS if "--accelerator gpu" in c]

@@ -18,12 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.generate import load_pair, sample
-from stage1_vqvae.codes import read_code_maps, write_code_maps
-from stage1_vqvae.data import build_dataset
 from tests.subproc import start, wait_for
 from tests.test_cli_stage1 import assert_usage_error, run
+from vqgen.pipeline.cli import main
+from vqgen.pipeline.generate import load_pair, sample
+from vqgen.stage1_vqvae.codes import read_code_maps, write_code_maps
+from vqgen.stage1_vqvae.data import build_dataset
 
 PRIOR_ARGS = ["--hidden", "8", "--num-layers", "2", "--head-hidden", "16", "--max-epochs", "1",
               "--limit-train-batches", "2", "--accelerator", "cpu"]
@@ -336,7 +336,7 @@ def test_hostile_checkpoint_hyper_parameters(prior: Path, tmp_path: Path, capsys
 
 def test_unwritable_out_is_found_before_the_work(prior: Path, tmp_path: Path, capsys,
                                                  monkeypatch: pytest.MonkeyPatch):
-    import pipeline.generate as generate
+    import vqgen.pipeline.generate as generate
 
     def never(*a, **k):
         raise AssertionError("sampled before checking --out")
@@ -358,7 +358,7 @@ def test_unwritable_out_is_found_before_the_work(prior: Path, tmp_path: Path, ca
 
 def test_classifier_cache_is_the_users_cache_folder(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch):
-    from pipeline.evaluation.classifier import CACHE_ENV, user_cache_dir
+    from vqgen.pipeline.evaluation.classifier import CACHE_ENV, user_cache_dir
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(CACHE_ENV, raising=False)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cli import main
-from pipeline.evaluate import evaluate
-from pipeline.evaluation import inception
-from pipeline.evaluation.samples import precision_recall
 from tests.test_cli_stage1 import assert_usage_error
 from tests.test_evaluate import FAST_SIGMAS, TINY_CLASSIFIER, _write_pngs, prior_ckpt  # noqa: F401
+from vqgen.pipeline.cli import main
+from vqgen.pipeline.evaluate import evaluate
+from vqgen.pipeline.evaluation import inception
+from vqgen.pipeline.evaluation.samples import precision_recall
 
 fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
 
@@ -106,7 +106,7 @@ def test_a_wrong_weights_file_is_refused_in_one_line(prior_ckpt: Path, tmp_path:
 ])
 def test_sample_defaults_follow_the_measurements_and_are_recorded(
         prior_ckpt: Path, tmp_path: Path, extra, guidance, temperature, defaults):  # noqa: F811
-    from pipeline.defaults import SAMPLE_GUIDANCE, SAMPLE_TEMPERATURE
+    from vqgen.pipeline.defaults import SAMPLE_GUIDANCE, SAMPLE_TEMPERATURE
 
     assert (SAMPLE_GUIDANCE, SAMPLE_TEMPERATURE) == (2.0, 0.9)  # benchmarks/guidance.py's pick
     out = tmp_path / "s"

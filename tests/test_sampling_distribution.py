@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from stage2_prior.model import GatedPixelCNN
-from stage2_prior.sampling import sample
 from tests.test_cached_sampler import make_model
+from vqgen.stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.sampling import sample
 
 K, SHAPE, CLASSES = 4, (2, 2), 2
 DRAWS = 20_000

@@ -15,15 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.baselines import lossy_at_psnr, png_baseline, psnr_u8
-from stage1_vqvae.runtime.errors import UserError
 from tests.test_cli_stage1 import assert_usage_error, run
+from vqgen.pipeline.baselines import lossy_at_psnr, png_baseline, psnr_u8
+from vqgen.stage1_vqvae.runtime.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_help_does_not_import_gradio():
-    code = ("import sys; from pipeline.cli import build_parser; p = build_parser(); "
+    code = ("import sys; from vqgen.pipeline.cli import build_parser; p = build_parser(); "
             "p.parse_args(['serve', '--prior', 'x.ckpt']); "
             "print('gradio' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
@@ -49,7 +49,7 @@ def test_serve_refuses_a_taken_port_and_a_missing_prior(tiny_prior_run, capsys):
 
 @pytest.fixture(scope="module")
 def server(tiny_prior_run, tmp_path_factory):
-    from pipeline.serving import Server
+    from vqgen.pipeline.serving import Server
 
     return Server(tiny_prior_run / "last.ckpt", None, tmp_path_factory.mktemp("work"),
                   max_upload_mb=0.01)
@@ -73,7 +73,7 @@ def test_uploads_are_checked(server, tmp_path):
 
 def test_a_vqz_from_other_checkpoints_is_refused(server, tiny_prior_run, tmp_path):
     """Same weights, another checkpoint file: the .vqz names the file it was made with."""
-    from pipeline.serving import Server
+    from vqgen.pipeline.serving import Server
 
     img = server.new_folder("upload") / "x.png"
     Image.new("L", (28, 28), 255).save(img)

@@ -145,3 +145,41 @@ def test_stage_two_loads_no_vqvae_module(module: str):
                          timeout=120, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def _bare_imports(path: Path) -> list[str]:
+    """Absolute imports of the three packages without the ``vqgen.`` prefix in ``path``."""
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                 else [])
+        bad += [n for n in names if n.split(".")[0] in PACKAGES]
+    return bad
+
+
+def test_every_import_uses_the_one_installed_name(tmp_path: Path):
+    """Installed, the packages are vqgen.stage1_vqvae / vqgen.stage2_prior / vqgen.pipeline. A
+    bare ``import pipeline`` would work from the repository root only (and load a second copy
+    of the module), or pick up some other ``pipeline`` elsewhere: none may remain."""
+    files = [p for d in (*PACKAGES, "tests", "benchmarks") for p in sorted((ROOT / d).rglob("*.py"))]
+    bad = {str(f.relative_to(ROOT)): hits for f in files if (hits := _bare_imports(f))}
+    assert not bad, f"imports without the vqgen. prefix: {bad}"
+    planted = tmp_path / "m.py"
+    planted.write_text("import pipeline.cli\nfrom stage2_prior import model\n"
+                       "from vqgen.pipeline import cli\n")
+    assert _bare_imports(planted) == ["pipeline.cli", "stage2_prior"]
+
+
+def test_pyproject_installs_every_package_folder():
+    """A subpackage missing from pyproject's explicit list would be missing from the wheel."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pytest brings tomli
+        import tomli as tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"vqgen." + ".".join(p.parent.relative_to(ROOT).parts)
+               for d in PACKAGES for p in (ROOT / d).rglob("__init__.py")}
+    assert set(config["packages"]) == folders
+    assert config["package-dir"] == {f"vqgen.{d}": d for d in PACKAGES}

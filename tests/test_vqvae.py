@@ -14,10 +14,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from stage1_vqvae.data import VQDataModule, build_dataset
-from stage1_vqvae.lit import PRESETS, LitVQVAE, load_vqvae
-from stage1_vqvae.model import VQVAE
-from stage1_vqvae.runtime.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
+from vqgen.stage1_vqvae.data import VQDataModule, build_dataset
+from vqgen.stage1_vqvae.lit import PRESETS, LitVQVAE, load_vqvae
+from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage1_vqvae.runtime.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
 
 
 def tiny_vqvae(**kw) -> VQVAE:

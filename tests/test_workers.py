@@ -11,12 +11,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from pipeline.cli import build_parser, main
-from stage1_vqvae.data import build_dataset
-from stage1_vqvae.runtime.data_order import EpochShuffleSampler, make_loader, resolve_workers
-from stage1_vqvae.train import train_vqvae
-from stage2_prior.data import CodeDataset, CodeMapDataModule, collate_codes
 from tests.test_faults import TINY_DATA, TINY_VQ, Crash, _assert_same_training_state, _state, _targs
+from vqgen.pipeline.cli import build_parser, main
+from vqgen.stage1_vqvae.data import build_dataset
+from vqgen.stage1_vqvae.runtime.data_order import EpochShuffleSampler, make_loader, resolve_workers
+from vqgen.stage1_vqvae.train import train_vqvae
+from vqgen.stage2_prior.data import CodeDataset, CodeMapDataModule, collate_codes
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_code_dataset_pickles_as_file_names_not_data(tiny_vqvae_run: Path):
 
 
 def test_unlabelled_code_maps_give_minus_one(tiny_vqvae_run: Path, tmp_path: Path):
-    from stage1_vqvae.codes import read_code_maps, write_code_maps
+    from vqgen.stage1_vqvae.codes import read_code_maps, write_code_maps
 
     src = read_code_maps(tiny_vqvae_run / "codes" / "train")
     meta = {k: v for k, v in src.meta.items() if k not in ("count", "code_shape", "num_codes")}

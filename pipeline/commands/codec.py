@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.commands.common import (
+from vqgen.pipeline.commands.common import (
     UsageError,
     add_data_args,
     add_verb,
@@ -15,7 +15,7 @@ from pipeline.commands.common import (
     positive_int,
     resolve_device,
 )
-from stage1_vqvae.runtime.errors import MissingInputError
+from vqgen.stage1_vqvae.runtime.errors import MissingInputError
 
 
 def add_compress(subs) -> None:
@@ -62,16 +62,16 @@ def _input_set(args: argparse.Namespace, prior, vqvae):
     """(dataset, names, source) for the positional inputs or --data/--split."""
     import numpy as np
 
-    from stage1_vqvae.data import DataInfo, ImageDataset
-    from stage1_vqvae.data.folders import _is_image_file, _scan_folder
+    from vqgen.stage1_vqvae.data import DataInfo, ImageDataset
+    from vqgen.stage1_vqvae.data.folders import _is_image_file, _scan_folder
 
     if args.inputs and args.data:
         raise UsageError("give input images (a folder or files) or --data, not both")
     if not args.inputs and not args.data:
         raise UsageError("nothing to compress: give a folder or image files, or --data SPEC "
                          "--split SPLIT")
-    from pipeline.codec import relative_names
-    from pipeline.vqz import index_names
+    from vqgen.pipeline.codec import relative_names
+    from vqgen.pipeline.vqz import index_names
 
     if args.data:
         ds = dataset_for(vqvae, args, args.split)
@@ -119,9 +119,9 @@ def _common_parts(files: list[Path]) -> tuple[str, ...]:
 def cmd_compress(args: argparse.Namespace) -> int:
     import torch
 
-    from pipeline.codec import build_report, compress_codes, encode_batches, pixels_per_image
-    from pipeline.generate import load_pair
-    from stage1_vqvae.runtime.fsutil import atomic_file
+    from vqgen.pipeline.codec import build_report, compress_codes, encode_batches, pixels_per_image
+    from vqgen.pipeline.generate import load_pair
+    from vqgen.stage1_vqvae.runtime.fsutil import atomic_file
 
     out = Path(args.out)
     report = Path(args.report) if args.report else None
@@ -135,7 +135,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     ds, names, source = _input_set(args, prior, vqvae)
     if len(ds) == 0:
         raise UsageError(f"{source} holds no images; nothing to compress")
-    from stage1_vqvae.runtime.data_order import resolve_workers
+    from vqgen.stage1_vqvae.runtime.data_order import resolve_workers
 
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=False,
                                          num_workers=resolve_workers(args.num_workers, ds))
@@ -188,12 +188,12 @@ def _checkpoint(given: str | None, stored: str, what: str, flag: str, where: Pat
 def cmd_decompress(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from pipeline.codec import decode_codes, decode_images, open_vqz, output_names
-    from pipeline.generate import check_compatible
-    from stage1_vqvae.lit import load_vqvae
-    from stage1_vqvae.runtime.grid import save_png
-    from stage1_vqvae.runtime.outputs import owned_output_dir
-    from stage2_prior.lit import load_prior
+    from vqgen.pipeline.codec import decode_codes, decode_images, open_vqz, output_names
+    from vqgen.pipeline.generate import check_compatible
+    from vqgen.stage1_vqvae.lit import load_vqvae
+    from vqgen.stage1_vqvae.runtime.grid import save_png
+    from vqgen.stage1_vqvae.runtime.outputs import owned_output_dir
+    from vqgen.stage2_prior.lit import load_prior
 
     src, out = Path(args.file), Path(args.out)
     if not src.is_file():

@@ -9,8 +9,8 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.defaults import EXAMPLES
-from stage1_vqvae.runtime.errors import UserError
+from vqgen.pipeline.defaults import EXAMPLES
+from vqgen.stage1_vqvae.runtime.errors import UserError
 
 
 class UsageError(UserError):
@@ -243,7 +243,7 @@ def print_metrics(metrics: dict[str, float], keys: Sequence[str]) -> None:
 def check_new_file(path: Path, overwrite: bool, inputs: Sequence[tuple[str, object]] = ()) -> None:
     """A single output file (``--out x.png``): never an input, writable, and an existing one
     only with ``--overwrite`` (the file is the verb's whole output)."""
-    from stage1_vqvae.runtime.outputs import check_not_input, check_writable
+    from vqgen.stage1_vqvae.runtime.outputs import check_not_input, check_writable
 
     if path.is_dir():
         raise UsageError(f"--out {path} is a folder, expected a .png file path")
@@ -260,7 +260,7 @@ def claim_out_dir(path: Path, *, verb: str, overwrite: bool, manifest: str,
                   inputs: Sequence[tuple[str, object]] = ()) -> None:
     """The one output-folder policy (see :mod:`stage1_vqvae.runtime.outputs`) for a verb
     whose files are listed in ``path/manifest``."""
-    from stage1_vqvae.runtime.outputs import claim_output_dir, manifest_files
+    from vqgen.stage1_vqvae.runtime.outputs import claim_output_dir, manifest_files
 
     owned = manifest_files(path, manifest) if path.is_dir() else set()
     claim_output_dir(path, verb=verb, overwrite=overwrite, owned=owned, writes=writes,
@@ -277,7 +277,7 @@ def data_inputs(args: argparse.Namespace) -> list[tuple[str, object]]:
 
 def dataset_for(lit, args: argparse.Namespace, split: str):
     """The split's dataset, transformed the way the checkpoint was trained."""
-    from stage1_vqvae.data import build_dataset
+    from vqgen.stage1_vqvae.data import build_dataset
 
     hp = lit.hparams
     return build_dataset(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands.common import (
+from vqgen.pipeline.commands.common import (
     add_verb,
     positive_int,
     seed_arg,
@@ -27,7 +27,7 @@ def add_demo(subs) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import run_demo
+    from vqgen.pipeline.demo import run_demo
 
     run_demo(args)
     return 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands.common import UsageError, add_verb, positive_int, resolve_device, seed_arg
-from pipeline.defaults import DEFAULT_NUM_SAMPLES, DEMO_GUIDANCE, DEMO_TEMPERATURE
-from pipeline.formatting import format_number
+from vqgen.pipeline.commands.common import UsageError, add_verb, positive_int, resolve_device, seed_arg
+from vqgen.pipeline.defaults import DEFAULT_NUM_SAMPLES, DEMO_GUIDANCE, DEMO_TEMPERATURE
+from vqgen.pipeline.formatting import format_number
 
 HELP = ("Evaluate a VQ-VAE and its prior on held-out data: reconstruction, likelihoods against "
         "baselines, a bits/dim bound and sample quality; writes OUT/metrics.json and "
@@ -59,7 +59,7 @@ def add_evaluate(subs) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run :func:`pipeline.evaluate.evaluate` and print a short summary table."""
-    from pipeline.evaluate import evaluate
+    from vqgen.pipeline.evaluate import evaluate
 
     if args.vqvae is None and args.prior is None:
         raise UsageError("nothing to evaluate; pass --vqvae CKPT and/or --prior CKPT")
@@ -123,7 +123,7 @@ def summary_table(report: dict) -> str:
     notes = report.get("notes") or []
     cmp = report.get("comparison")
     if cmp:
-        from pipeline.evaluation.compare import comparison_table
+        from vqgen.pipeline.evaluation.compare import comparison_table
 
         lines.append("comparison (same held-out images; sharp = gradient energy ratio, 1 = data):")
         lines.append(comparison_table(cmp["rows"]))

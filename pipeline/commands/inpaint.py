@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.commands.common import (
+from vqgen.pipeline.commands.common import (
     UsageError,
     add_data_args,
     add_verb,
@@ -121,8 +121,8 @@ def _load_inputs(args: argparse.Namespace, vqvae):
     """-> (images float (N, C, H, W), dataset labels (N,) or None, per-input source dicts)."""
     import torch
 
-    from stage1_vqvae.data import load_image
-    from stage1_vqvae.runtime.errors import MissingInputError
+    from vqgen.stage1_vqvae.data import load_image
+    from vqgen.stage1_vqvae.runtime.errors import MissingInputError
 
     hp = vqvae.hparams
     if args.image:
@@ -156,7 +156,7 @@ OUR_FILES = re.compile(r"(grid\.png|codes\.npy|labels\.npy|inpaint\.json|surpris
 def check_out(args: argparse.Namespace, verb: str) -> None:
     """The output-folder policy (runtime/outputs.py) with inpaint.json as the manifest; the
     images, mask and checkpoints of this command are inputs --out may not touch."""
-    from pipeline.inpaint import INPAINT_MANIFEST
+    from vqgen.pipeline.inpaint import INPAINT_MANIFEST
 
     inputs = [("--prior", args.prior), ("--vqvae", args.vqvae), ("--mask", getattr(args, "mask", None))]
     inputs += [("--image", p) for p in (args.image or [])]
@@ -171,7 +171,7 @@ def _prepare(args: argparse.Namespace):
     check_out(args, args.verb)
     if args.candidates is not None and args.candidates < args.num:
         raise UsageError(f"--candidates {args.candidates} must be >= --num {args.num}")
-    from pipeline.generate import load_pair, make_labels, resolve_class
+    from vqgen.pipeline.generate import load_pair, make_labels, resolve_class
 
     device = resolve_device(args.device)
     prior, vqvae = load_pair(args.prior, args.vqvae, device)
@@ -182,7 +182,7 @@ def _prepare(args: argparse.Namespace):
 
 
 def _settings(args: argparse.Namespace, verb: str, prior, vqvae, class_index, m: int) -> dict:
-    from stage1_vqvae.runtime.checkpoint import file_sha256
+    from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
 
     vq_path = str(getattr(vqvae, "checkpoint_path", "") or args.vqvae
                   or prior.hparams.vqvae_checkpoint)
@@ -197,7 +197,7 @@ def _settings(args: argparse.Namespace, verb: str, prior, vqvae, class_index, m:
 
 
 def _run(args, verb, prior, vqvae, images, code_mask, pixel_mask, cond, device):
-    from pipeline.inpaint import inpaint
+    from vqgen.pipeline.inpaint import inpaint
 
     return inpaint(prior, vqvae, images, code_mask, num=args.num, num_candidates=args.candidates,
                    select="best" if args.best else "importance", labels=cond,
@@ -210,8 +210,8 @@ def _run(args, verb, prior, vqvae, images, code_mask, pixel_mask, cond, device):
 def cmd_inpaint(args: argparse.Namespace) -> int:
     import torch
 
-    from pipeline.inpaint import write_inpainting
-    from pipeline.masks import box_mask, load_mask, parse_box, pixel_to_code_mask
+    from vqgen.pipeline.inpaint import write_inpainting
+    from vqgen.pipeline.masks import box_mask, load_mask, parse_box, pixel_to_code_mask
 
     if args.mask is None and args.box is None:
         raise UsageError("no mask: give --mask FILE (white = regenerate), --box x0,y0,x1,y1, "
@@ -243,8 +243,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 def cmd_repair(args: argparse.Namespace) -> int:
     import torch
 
-    from pipeline.inpaint import check_repair_args, repair_mask, surprisal, write_inpainting
-    from pipeline.masks import code_to_pixel_mask
+    from vqgen.pipeline.inpaint import check_repair_args, repair_mask, surprisal, write_inpainting
+    from vqgen.pipeline.masks import code_to_pixel_mask
 
     threshold, fraction = args.threshold, args.fraction
     if threshold is None and fraction is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands.common import (
+from vqgen.pipeline.commands.common import (
     UsageError,
     add_data_args,
     add_trainer_args,
@@ -70,10 +70,10 @@ def vqvae_config(args: argparse.Namespace, log=print) -> tuple[dict, dict, int]:
     ``--data folder:PATH`` without ``--preset``: channels, image size and preset come from a
     seeded sample of the folder (:mod:`stage1_vqvae.data.inspect`), printed through ``log``.
     """
-    from stage1_vqvae.data import parse_data_spec
-    from stage1_vqvae.data.spec import MAX_IMAGE_SIDE
-    from stage1_vqvae.lit import DEFAULT_PRESET, PRESETS
-    from stage1_vqvae.model import check_downsample
+    from vqgen.stage1_vqvae.data import parse_data_spec
+    from vqgen.stage1_vqvae.data.spec import MAX_IMAGE_SIDE
+    from vqgen.stage1_vqvae.lit import DEFAULT_PRESET, PRESETS
+    from vqgen.stage1_vqvae.model import check_downsample
 
     kind, path = parse_data_spec(args.data)
     inferred: dict = {}
@@ -160,7 +160,7 @@ def family_config(args: argparse.Namespace) -> dict:
 def infer_folder(args: argparse.Namespace, path: str, presets: dict, log) -> tuple[dict, int]:
     """Scan the folder and print what was seen and chosen; returns ({preset, channels,
     image_size, downsample}, number of images in the folder). Explicit flags still win."""
-    from stage1_vqvae.data.inspect import choose_settings, describe, scan_folder
+    from vqgen.stage1_vqvae.data.inspect import choose_settings, describe, scan_folder
 
     scan = scan_folder(path, seed=args.seed)
     choice = choose_settings(scan, {k: int(v["downsample"]) for k, v in presets.items()},
@@ -171,7 +171,7 @@ def infer_folder(args: argparse.Namespace, path: str, presets: dict, log) -> tup
 
 
 def cmd_train_vqvae(args: argparse.Namespace) -> int:
-    from stage1_vqvae.train import train_vqvae
+    from vqgen.stage1_vqvae.train import train_vqvae
 
     model_args, data_args, max_epochs = vqvae_config(args)
     res = train_vqvae(
@@ -215,11 +215,11 @@ def add_encode(subs) -> None:
 def cmd_encode(args: argparse.Namespace) -> int:
     from pytorch_lightning.utilities import rank_zero_only
 
-    from stage1_vqvae.data import SPLITS
-    from stage1_vqvae.encode import encode_dataset, encode_dataset_distributed
-    from stage1_vqvae.lit import load_vqvae, require_codes
-    from stage1_vqvae.runtime.checkpoint import file_sha256
-    from stage1_vqvae.train import check_code_output
+    from vqgen.stage1_vqvae.data import SPLITS
+    from vqgen.stage1_vqvae.encode import encode_dataset, encode_dataset_distributed
+    from vqgen.stage1_vqvae.lit import load_vqvae, require_codes
+    from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
+    from vqgen.stage1_vqvae.train import check_code_output
 
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     bad = [s for s in splits if s not in SPLITS]
@@ -276,9 +276,9 @@ def add_reconstruct(subs) -> None:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     import torch
 
-    from stage1_vqvae.lit import load_vqvae
-    from stage1_vqvae.runtime.fsutil import atomic_file
-    from stage1_vqvae.runtime.grid import save_grid
+    from vqgen.stage1_vqvae.lit import load_vqvae
+    from vqgen.stage1_vqvae.runtime.fsutil import atomic_file
+    from vqgen.stage1_vqvae.runtime.grid import save_grid
 
     out = Path(args.out)
     check_new_file(out, args.overwrite, inputs=data_inputs(args) + [("--vqvae", args.vqvae)])
@@ -296,7 +296,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         rows += [images[s : s + per_row], recon[s : s + per_row]]
     with atomic_file(out) as tmp:
         save_grid(torch.cat(rows).cpu(), tmp, nrow=per_row)
-    from stage1_vqvae.metrics import psnr_from_mse
+    from vqgen.stage1_vqvae.metrics import psnr_from_mse
 
     print(f"{out}: {n} {args.split} images (odd rows original, even rows reconstruction); "
           f"MSE {mse:.5f}, PSNR {psnr_from_mse(mse):.2f} dB")
@@ -322,10 +322,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from stage1_vqvae.codes import load_codes_file, validate_codes
-    from stage1_vqvae.lit import load_vqvae
-    from stage1_vqvae.runtime.grid import save_grid, save_png
-    from stage1_vqvae.runtime.outputs import numbered_png, owned_output_dir
+    from vqgen.stage1_vqvae.codes import load_codes_file, validate_codes
+    from vqgen.stage1_vqvae.lit import load_vqvae
+    from vqgen.stage1_vqvae.runtime.grid import save_grid, save_png
+    from vqgen.stage1_vqvae.runtime.outputs import numbered_png, owned_output_dir
 
     out = Path(args.out)
     claim_out_dir(out, verb="decode", overwrite=args.overwrite, manifest=DECODE_MANIFEST,

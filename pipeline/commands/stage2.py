@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands.common import (
+from vqgen.pipeline.commands.common import (
     UsageError,
     add_trainer_args,
     add_verb,
@@ -17,7 +17,7 @@ from pipeline.commands.common import (
     seed_arg,
     trainer_kwargs,
 )
-from pipeline.defaults import SAMPLE_GUIDANCE, SAMPLE_TEMPERATURE
+from vqgen.pipeline.defaults import SAMPLE_GUIDANCE, SAMPLE_TEMPERATURE
 
 
 def add_train_prior(subs) -> None:
@@ -47,10 +47,10 @@ def prior_config(args: argparse.Namespace, log=print) -> tuple[dict, int, int]:
     """(model_args, batch_size, max_epochs): PRIOR_DEFAULTS sized for the code grid and the
     data (:func:`stage2_prior.sizing.prior_defaults`, read from ``--codes``'s train/meta.json),
     then the explicit flags. What was changed, and any warning, is printed through ``log``."""
-    from stage1_vqvae.codes import CodeMapError, read_meta
-    from stage1_vqvae.runtime.errors import MissingInputError
-    from stage2_prior.sizing import prior_defaults
-    from stage2_prior.train import PRIOR_DEFAULTS
+    from vqgen.stage1_vqvae.codes import CodeMapError, read_meta
+    from vqgen.stage1_vqvae.runtime.errors import MissingInputError
+    from vqgen.stage2_prior.sizing import prior_defaults
+    from vqgen.stage2_prior.train import PRIOR_DEFAULTS
 
     given = {key: getattr(args, key) for key in ("hidden", "num_layers", "kernel_size",
                                                  "head_hidden", "cond_drop", "lr", "batch_size")
@@ -89,7 +89,7 @@ def uses_gpu(accelerator: str) -> bool:
 
 
 def cmd_train_prior(args: argparse.Namespace) -> int:
-    from stage2_prior.train import train_prior
+    from vqgen.stage2_prior.train import train_prior
 
     refuse_gaussian_codes(Path(args.codes))
     model_args, batch_size, max_epochs = prior_config(args)
@@ -110,9 +110,9 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
 def refuse_gaussian_codes(codes: Path) -> None:
     """``--codes`` that is (or sits in the run folder of) a Gaussian VAE: say why there are no
     codes, instead of "no code maps here"."""
-    from stage1_vqvae.gaussian import NO_CODES
-    from stage1_vqvae.lit import LitGaussianVAE, stage_one_class
-    from stage1_vqvae.runtime.checkpoint import read_checkpoint
+    from vqgen.stage1_vqvae.gaussian import NO_CODES
+    from vqgen.stage1_vqvae.lit import LitGaussianVAE, stage_one_class
+    from vqgen.stage1_vqvae.runtime.checkpoint import read_checkpoint
 
     if (codes / "train" / "meta.json").is_file():
         return
@@ -174,7 +174,7 @@ def sampling_settings(args: argparse.Namespace, conditional: bool) -> tuple[floa
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from pipeline.generate import (
+    from vqgen.pipeline.generate import (
         SAMPLE_FILES,
         SAMPLES_MANIFEST,
         check_memory,
@@ -184,7 +184,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         sample,
         write_samples,
     )
-    from stage1_vqvae.runtime.outputs import check_not_input, numbered_png
+    from vqgen.stage1_vqvae.runtime.outputs import check_not_input, numbered_png
 
     if args.num is not None and args.num <= 0:
         raise UsageError(f"--num {args.num} must be a positive integer")
@@ -227,8 +227,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _sample_without_prior(args: argparse.Namespace, out: Path, device: str, num: int) -> int:
     """``sample --vqvae`` of a Gaussian VAE: decode z ~ N(0, I); a VQ model needs --prior."""
-    from pipeline.generate import sample_gaussian, write_samples
-    from stage1_vqvae.lit import has_codes, load_vqvae
+    from vqgen.pipeline.generate import sample_gaussian, write_samples
+    from vqgen.stage1_vqvae.lit import has_codes, load_vqvae
 
     if args.vqvae is None:
         raise UsageError("pass --prior CKPT (a VQ-VAE / VQ-GAN prior) or --vqvae CKPT of a "

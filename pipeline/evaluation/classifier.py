@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.evaluation.data import load_images
-from stage1_vqvae.runtime.errors import UserError
+from vqgen.pipeline.evaluation.data import load_images
+from vqgen.stage1_vqvae.runtime.errors import UserError
 
 CACHE_ENV = "VQGEN_CACHE_DIR"  # overrides the user's cache folder
 
@@ -86,7 +86,7 @@ def classifier_key(train_ds, val_fraction: float, split_seed: int,
 def classifier_path(cache_dir: str | os.PathLike, train_ds, val_fraction: float, split_seed: int,
                     config: dict = CLASSIFIER_CONFIG) -> Path:
     """``cache_dir/classifier-<kind>-<key>.pt``."""
-    from stage1_vqvae.data import parse_data_spec
+    from vqgen.stage1_vqvae.data import parse_data_spec
 
     kind, _ = parse_data_spec(train_ds.info.data)
     key = classifier_key(train_ds, val_fraction, split_seed, config)
@@ -136,7 +136,7 @@ def get_classifier(train_ds, cache_dir: str | os.PathLike, *, val_fraction: floa
     The file holds {"state_dict", "meta"} and loads with ``torch.load(weights_only=True)``.
     Returns (model in eval mode on ``device``, info: path, reused, train_seconds).
     """
-    from stage1_vqvae.runtime.fsutil import atomic_file
+    from vqgen.stage1_vqvae.runtime.fsutil import atomic_file
 
     info = train_ds.info
     if info.num_classes < 2:

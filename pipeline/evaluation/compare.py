@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from pipeline import metrics as M
-from pipeline.evaluation.classifier import classify
-from stage1_vqvae.likelihood import SIGMA_GRID
+from vqgen.pipeline import metrics as M
+from vqgen.pipeline.evaluation.classifier import classify
+from vqgen.stage1_vqvae.likelihood import SIGMA_GRID
 
 BITS_PER_DIM_DEFINITION = (
     "(-log2 p(x | z) under the discretized Gaussian, one sigma per model chosen on the grid, "
@@ -57,7 +57,7 @@ def reconstruct_all(lit, dataset, *, batch_size: int = 256, device: str = "cpu",
     """One pass over ``dataset``: 8-bit originals and clamped reconstructions (N, C, H, W) on
     the CPU, per-image -log2 p(x | z) for each sigma (N, S), and the latent: codes (N, h, w)
     for a VQ model, KL bits per image (N,) for a Gaussian VAE."""
-    from stage1_vqvae.lit import has_codes
+    from vqgen.stage1_vqvae.lit import has_codes
 
     model = lit.model.to(device).eval()
     discrete = has_codes(lit)

@@ -21,7 +21,7 @@ def eval_datasets(lit, data: str | None = None, *, split: str = "val", data_root
                   download: bool = False):
     """(train split, evaluated split) of ``data`` (default: the VQ-VAE's), split exactly as the
     VQ-VAE's training split it (its channels, image size, val_fraction and seed)."""
-    from stage1_vqvae.data import build_dataset
+    from vqgen.stage1_vqvae.data import build_dataset
 
     hp = lit.hparams
     kw = dict(data_root=data_root or hp.data_root, download=download, channels=int(hp.channels),

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from stage1_vqvae.runtime.errors import MissingInputError, UserError
+from vqgen.stage1_vqvae.runtime.errors import MissingInputError, UserError
 
 FEATURE_LAYER = "2048"  # pool3, the FID/KID features
 # Only tests turn this off, to feed a randomly initialised network saved in the same format.
@@ -49,7 +49,7 @@ def expected_sha256_prefix() -> str:
 def check_weights(path: str | os.PathLike) -> str:
     """The file's sha256; refuses (one line) a missing file or one whose sha256 does not start
     with :func:`expected_sha256_prefix`."""
-    from stage1_vqvae.runtime.checkpoint import file_sha256
+    from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
 
     p = Path(path)
     if not p.is_file():

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline import metrics as M
-from pipeline.defaults import DEMO_GUIDANCE, DEMO_TEMPERATURE
-from pipeline.evaluation.classifier import SmallCNN, classify
-from pipeline.evaluation.data import load_images
-from stage1_vqvae.runtime.errors import UserError
+from vqgen.pipeline import metrics as M
+from vqgen.pipeline.defaults import DEMO_GUIDANCE, DEMO_TEMPERATURE
+from vqgen.pipeline.evaluation.classifier import SmallCNN, classify
+from vqgen.pipeline.evaluation.data import load_images
+from vqgen.stage1_vqvae.runtime.errors import UserError
 
 
 def _json_float(v: float | None) -> float | None:
@@ -113,7 +113,7 @@ def sample_metrics(prior, vqvae, classifier: SmallCNN | None, eval_ds, *, num_sa
     quantised first, like the real images.
     Returns (metrics, {"conditional": images, "unconditional": images}).
     """
-    from pipeline.generate import sample
+    from vqgen.pipeline.generate import sample
 
     images: dict[str, Tensor] = {}
     out: dict[str, Any] = {}

@@ -11,10 +11,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from pipeline import metrics as M
-from stage1_vqvae.data.preview import balanced_pick
-from stage1_vqvae.likelihood import SIGMA_GRID
-from stage1_vqvae.runtime.errors import UserError
+from vqgen.pipeline import metrics as M
+from vqgen.stage1_vqvae.data.preview import balanced_pick
+from vqgen.stage1_vqvae.likelihood import SIGMA_GRID
+from vqgen.stage1_vqvae.runtime.errors import UserError
 
 
 @dataclass

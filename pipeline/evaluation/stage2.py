@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from pipeline import metrics as M
-from pipeline.evaluation.stage1 import Stage1Pass
+from vqgen.pipeline import metrics as M
+from vqgen.pipeline.evaluation.stage1 import Stage1Pass
 
 BOUND_FORMULA = "bits/dim = (-log2 p(z_q(x)) - log2 p(x | z_q(x))) / (C*H*W)"
 
@@ -27,8 +27,8 @@ def train_code_maps(lit, vqvae_path: str | os.PathLike, train_ds, *, batch_size:
     ``<run>/codes/train`` is used when it was written by this very checkpoint (sha256) from
     this very split (source and count); otherwise the split is encoded in memory.
     """
-    from stage1_vqvae.codes import CodeMapError, read_code_maps
-    from stage1_vqvae.runtime.checkpoint import file_sha256
+    from vqgen.stage1_vqvae.codes import CodeMapError, read_code_maps
+    from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
 
     folder = Path(vqvae_path).parent / "codes" / "train"
     if (folder / "meta.json").is_file():

