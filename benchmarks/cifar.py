@@ -11,8 +11,9 @@ Steps (each skipped when its output is complete -- RUNS/vq/codes/val/meta.json, 
 "checkpoint:" line in RUNS/train_prior.log, RUNS/report/metrics.json -- so an interrupted
 benchmark resumes):
 1. ``vqgen train-vqvae --data folder:DATA`` with no --preset (channels, size, preset inferred),
-   ``--val-fraction 0.1``, ``--max-time`` (default 20 min) and ``--max-epochs`` (default 5: the
-   preset's 50 would stop the cosine schedule near its peak when the time budget ends it);
+   ``--val-fraction 0.1``, ``--max-time`` (default 20 min) and ``--max-epochs`` (default 15:
+   what fits 20 minutes on an idle 2-core CPU, ~66 s per epoch; the preset's 50 would stop
+   the cosine schedule near its peak when the time budget ends it);
    it writes the code maps of both splits (the encode step) into RUNS/vq/codes;
 2. ``vqgen train-prior --codes RUNS/vq/codes`` with its defaults and ``--max-time`` (10 min);
 3. ``vqgen evaluate`` (held-out PSNR, SSIM, codebook usage; bits per code vs uniform and
@@ -45,10 +46,10 @@ def run(argv: list[str], log: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="/work/runs/cifar-data/train")
-    ap.add_argument("--runs", default="/work/runs/cifar")
+    ap.add_argument("--data", required=True, help="the extracted train/ folder of class folders")
+    ap.add_argument("--runs", required=True, help="output folder for the runs and the report")
     ap.add_argument("--vq-minutes", type=float, default=20.0)
-    ap.add_argument("--vq-epochs", type=int, default=5)
+    ap.add_argument("--vq-epochs", type=int, default=15)
     ap.add_argument("--prior-minutes", type=float, default=10.0)
     ap.add_argument("--num-samples", type=int, default=2000)
     args = ap.parse_args()

@@ -19,7 +19,10 @@ from vqgen.pipeline.evaluate import evaluate
 from vqgen.pipeline.evaluation import inception
 from vqgen.pipeline.evaluation.samples import precision_recall
 
-fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+
+def _feature_extractor():
+    """torch-fidelity's InceptionV3 module (the `inception` extra; CI installs it)."""
+    return pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
 
 
 def test_precision_recall_by_hand():
@@ -47,6 +50,7 @@ def test_precision_recall_separate_fidelity_from_diversity():
 def random_inception_weights(path: Path) -> Path:
     """A randomly initialised torch-fidelity InceptionV3 saved like the real weights file
     (a plain state dict); the download in its constructor is stubbed out."""
+    fe = _feature_extractor()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
         mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
@@ -57,6 +61,7 @@ def random_inception_weights(path: Path) -> Path:
 
 
 def test_the_expected_hash_comes_from_torch_fidelity():
+    _feature_extractor()
     assert inception.expected_sha256_prefix() == "6726825d"
 
 
