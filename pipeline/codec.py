@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,23 @@ DEFAULT_BATCH_SIZE = 64
 
 # one coder semantics for encoder and decoder (perfect=False: fast, deterministic)
 _CODE_MODEL = constriction.stream.model.Categorical(perfect=False)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the prior's scan on one CPU thread, in the encoder and the decoder alike.
+
+    A CPU's matmul and convolution kernels split their work by the thread count, and the
+    float32 sums (so the probabilities the coder sees) can differ in the last bit between
+    2 threads and 1: a file made by a 1-thread process (``vqgen serve``'s workers, a CI
+    job) then would not decode in a 2-thread one. One thread makes the file independent of
+    the process's thread setting; the README's codec speeds were measured on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def code_probabilities(logits: Tensor) -> np.ndarray:
@@ -244,8 +262,9 @@ def compress_codes(
             probs.append(code_probabilities(logits))
             return known[:, i, j]
 
-        scan_codes(model, _label_index(prior, labels[batch.start:batch.stop],
-                                       flags[batch.start:batch.stop]), n, (h, w), pick)
+        with one_thread():
+            scan_codes(model, _label_index(prior, labels[batch.start:batch.stop],
+                                           flags[batch.start:batch.stop]), n, (h, w), pick)
         p = np.stack(probs)  # (h*w, n, K) in decoding order
         sym = known.reshape(n, h * w).t().cpu().numpy().astype(np.int32)  # (h*w, n)
         chosen = np.take_along_axis(p, sym[:, :, None].astype(np.int64), 2)[:, :, 0]
@@ -372,7 +391,8 @@ def decode_codes(data: bytes, prior: LitPrior, vqvae: LitVQVAE, where: str = "th
             return torch.from_numpy(sym.astype(np.int64)).to(dev)
 
         try:
-            codes[batch.start:batch.stop] = scan_codes(model, idx, n, (h, w), pick).cpu()
+            with one_thread():
+                codes[batch.start:batch.stop] = scan_codes(model, idx, n, (h, w), pick).cpu()
         except (ValueError, RuntimeError) as e:
             raise _mismatch(header, batch, where, e) from None
     for r, c in zip(records, coders, strict=True):

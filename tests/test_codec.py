@@ -77,6 +77,38 @@ def test_round_trip_gives_identical_codes_and_labels(pair, val, stream, batch_si
     assert len(dec.records) == want
 
 
+@pytest.mark.parametrize("enc_threads, dec_threads", [(1, 2), (2, 1)])
+def test_the_scan_runs_on_one_thread_whatever_the_process_uses(pair, val, enc_threads,
+                                                               dec_threads, monkeypatch):
+    """Multi-threaded CPU kernels may split (and, with MKL's dynamic threading under load,
+    re-split) their sums, changing the probabilities' last bits: a file made by a 1-thread
+    `vqgen serve` failed to decode in a 2-thread process under CI load. Encoder and decoder
+    scan on one thread; the caller's setting is restored."""
+    from vqgen.pipeline import codec
+
+    seen: list[int] = []
+    inner = codec.scan_codes
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(codec, "scan_codes", recording)
+    prior, vqvae = pair
+    codes, labels = val
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(enc_threads)
+        data = compress_codes(prior, vqvae, codes, labels, batch_size=64).data
+        assert torch.get_num_threads() == enc_threads
+        torch.set_num_threads(dec_threads)
+        assert torch.equal(decode_codes(data, prior, vqvae).codes, codes)
+        assert torch.get_num_threads() == dec_threads
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+
+
 @pytest.mark.parametrize("label_mode", ["code", "null"])
 def test_label_modes(pair, val, label_mode):
     prior, vqvae = pair
