@@ -27,7 +27,6 @@ curves over their quality settings) as PNG.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -38,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from vqgen.pipeline import metrics as M  # noqa: E402
+from vqgen.pipeline.baselines import roundtrip  # noqa: E402
 from vqgen.pipeline.codec import (  # noqa: E402
     build_report,
     compress_codes,
@@ -58,25 +57,14 @@ JPEG_QUALITIES = [1, 2, 3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95]
 WEBP_QUALITIES = [0, 1, 2, 3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95, 100]
 
 
-def encode_pil(arr: np.ndarray, fmt: str, **kw) -> tuple[int, np.ndarray]:
-    """uint8 (H, W, C) -> (whole-file bytes, decoded uint8 (H, W, C))."""
-    img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    dec = Image.open(io.BytesIO(buf.getvalue()))
-    dec = dec.convert("L" if arr.shape[2] == 1 else "RGB")
-    out = np.asarray(dec)
-    return len(buf.getvalue()), out.reshape(arr.shape)
-
-
 def baseline(images: np.ndarray, fmt: str, **kw) -> dict:
     """Mean whole-file bits per image and set PSNR of a Pillow format on uint8 images."""
-    nbytes, sse = 0, 0.0
+    bits, sse = 0, 0.0
     for arr in images:
-        n, dec = encode_pil(arr, fmt, **kw)
-        nbytes += n
+        n, dec = roundtrip(arr, fmt, **kw)  # the same Pillow round trip as vqgen serve's
+        bits += n
         sse += float(((dec.astype(np.float64) - arr) / 255.0).__pow__(2).sum())
-    return {"bits_per_image": 8 * nbytes / len(images),
+    return {"bits_per_image": bits / len(images),
             "psnr_db": M.psnr_from_mse(sse / images.size)}
 
 

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, os.environ.get("VQGEN_ROOT", str(Path(__file__).resolve().parents[1])))
 
+from tests.test_reliability import images  # noqa: E402  (the tests' image-folder maker)
 from vqgen.pipeline.cli import main  # noqa: E402
 
 TINY_VQ = ["--hidden", "16", "--res-hidden", "8", "--num-res", "1", "--code-dim", "8",
@@ -57,16 +57,6 @@ def call(argv: list[str]) -> dict:
     lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
     tb = tb or "Traceback" in err.getvalue()
     return {"exit": rc, "traceback": tb, "message": (lines[-1] if lines else "")[:300]}
-
-
-def folder_of_images(root: Path, classes: list[str], n: int = 6, ext: str = ".png") -> Path:
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(
-                root / c / f"{i}{ext}")
-    return root
 
 
 def main_bench() -> dict:
@@ -102,19 +92,19 @@ def run_cases(ws: Path) -> dict:
             disk_failures.append(name)
 
     # --- silently wrong results
-    loop = folder_of_images(ws / "loop", ["a", "b"])
+    loop = images(ws / "loop", ["a", "b"], n=6)
     (loop / "a" / "again").symlink_to(".")
     case("symlink loop in a class folder",
          ["encode", "--vqvae", vck, "--data", f"folder:{loop}", "--device", "cpu",
           "--val-fraction", "0.25", "--out", ws / "loopcodes"],
          lambda: len(np.load(ws / "loopcodes" / "train" / "codes.npy"))
          + len(np.load(ws / "loopcodes" / "val" / "codes.npy")) == 12)
-    selfl = folder_of_images(ws / "self", ["a", "b"])
+    selfl = images(ws / "self", ["a", "b"], n=6)
     (selfl / "a" / "me.png").symlink_to("me.png")
     case("symlink to itself in a data folder",
          ["encode", "--vqvae", vck, "--data", f"folder:{selfl}", "--device", "cpu",
           "--val-fraction", "0.25", "--out", ws / "selfcodes"])
-    gifs = folder_of_images(ws / "gifs", ["a", "b"], ext=".gif")
+    gifs = images(ws / "gifs", ["a", "b"], n=6, ext=".gif")
     case("gif images", ["encode", "--vqvae", vck, "--data", f"folder:{gifs}", "--device", "cpu",
                         "--val-fraction", "0.25", "--out", ws / "gifcodes"],
          lambda: (ws / "gifcodes" / "train" / "meta.json").exists())

@@ -29,7 +29,8 @@ def _pil(u8: np.ndarray) -> Image.Image:
     return Image.fromarray(u8[..., 0] if u8.shape[-1] == 1 else u8)
 
 
-def _roundtrip(u8: np.ndarray, fmt: str, **kw) -> tuple[int, np.ndarray]:
+def roundtrip(u8: np.ndarray, fmt: str, **kw) -> tuple[int, np.ndarray]:
+    """uint8 (H, W, C) through a Pillow format -> (whole-file bits, decoded uint8 (H, W, C))."""
     buf = io.BytesIO()
     _pil(u8).save(buf, format=fmt, **kw)
     with Image.open(io.BytesIO(buf.getvalue())) as img:
@@ -45,7 +46,7 @@ def psnr_u8(reference: np.ndarray, decoded: np.ndarray) -> float:
 
 def png_baseline(u8: np.ndarray) -> Baseline:
     """u8 uint8 (H, W, C) -> PNG size (optimize=True), lossless."""
-    bits, _ = _roundtrip(u8, "PNG", optimize=True)
+    bits, _ = roundtrip(u8, "PNG", optimize=True)
     return Baseline("png", bits, float("inf"), None)
 
 
@@ -55,7 +56,7 @@ def lossy_at_psnr(u8: np.ndarray, codec: str, target_db: float) -> Baseline:
     fmt = {"jpeg": "JPEG", "webp": "WEBP"}[codec]
     best = Baseline(codec, None, float("-inf"), None)
     for q in QUALITIES:
-        bits, back = _roundtrip(u8, fmt, quality=q)
+        bits, back = roundtrip(u8, fmt, quality=q)
         p = psnr_u8(u8, back)
         if p >= target_db:
             return Baseline(codec, bits, p, q)
