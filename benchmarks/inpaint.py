@@ -2,11 +2,15 @@
 
 Prints one JSON line with at least:
 
-- ``inpaint_class_acc`` {mask: {"prefix", "importance"}}: the project's classifier
+- ``inpaint_class_acc`` {mask: {"prefix", "importance", ...}}: the project's classifier
   (``pipeline.evaluate.get_classifier``) on one completion per val digit, completed
-  *without* the class, by prefix-only sampling (known codes after the mask ignored) and by
-  importance resampling of ``--candidates`` proposals; ``inpaint_bits`` the same
-  completions' mean code length (bits per grid) under the prior;
+  *without* the class, by prefix-only sampling from the null class (known codes after the
+  mask ignored) and by importance resampling of ``--candidates`` proposals as ``vqgen
+  inpaint`` does by default (the class inferred: candidates drawn under every class);
+  for reference also ``importance_null_class`` (``--null-class``) and
+  ``prefix_true_class`` (prefix-only with the true class given); ``inpaint_bits`` the same
+  completions' mean code length (bits per grid) under the class mixture, ``inpaint_mean_ess``
+  the mean effective sample size;
 - ``grow``: importance accuracy of the centre box with the code mask grown by 0 and 1 cell;
 - ``repair`` {"acc_clean", "acc_corrupted", "acc_repaired", "recall", "precision",
   "psnr_inside_*", "psnr_outside_*"} per corruption (uniform noise, a block of another
@@ -88,20 +92,29 @@ def main() -> None:
     result: dict = {"num_images": n, "candidates": args.candidates, "threads": args.threads}
 
     # --------------------------------------------------------------- completion quality
-    class_acc, bits = {}, {}
+    class_acc, bits, ess = {}, {}, {}
     for name, box in MASKS.items():
         pm = box_mask(box, size)
         cm = pixel_to_code_mask(pm, prior.code_shape)
-        class_acc[name], bits[name] = {}, {}
-        for how, m in (("prefix", 1), ("importance", args.candidates)):
-            res = inpaint(prior, vqvae, images, cm, num=1, num_candidates=m,
-                          select="proposal" if how == "prefix" else "importance", seed=0,
-                          pixel_mask=pm)
+        class_acc[name], bits[name], ess[name] = {}, {}, {}
+        runs = {"prefix": dict(num_candidates=1, select="proposal"),
+                "importance": dict(num_candidates=args.candidates),  # the CLI's default
+                "importance_null_class": dict(num_candidates=args.candidates,
+                                              class_mixture=False),
+                "prefix_true_class": dict(num_candidates=1, select="proposal", labels=labels)}
+        for how, kw in runs.items():
+            t0 = time.perf_counter()
+            res = inpaint(prior, vqvae, images, cm, num=1, seed=0, pixel_mask=pm, **kw)
             class_acc[name][how] = acc(res.images[:, 0])
-            log(f"{name} {how}: accuracy {class_acc[name][how]}")
-            bits[name][how] = round(float(-res.log_prob.mean()) / math.log(2), 2)
+            ess[name][how] = round(float(res.ess.mean()), 2)
+            log(f"{name} {how}: accuracy {class_acc[name][how]}, "
+                f"{time.perf_counter() - t0:.1f} s")
+            # one measure for every run: the class-mixture code length (bits per grid)
+            grid_bits = surprisal(prior, res.codes[:, 0], class_mixture=True).sum((1, 2))
+            bits[name][how] = round(float(grid_bits.mean()), 2)
     result["inpaint_class_acc"] = class_acc
     result["inpaint_bits"] = bits
+    result["inpaint_mean_ess"] = ess
     pm = box_mask(MASKS["centre_14x14"], size)
     result["grow"] = {}
     for grow in (0, 1):
@@ -134,7 +147,7 @@ def main() -> None:
         truth = pixel_to_code_mask(block, prior.code_shape)  # codes whose cell the block touches
         with torch.inference_mode():
             codes = enc.encode(corrupted)
-        sbits = surprisal(prior, codes)
+        sbits = surprisal(prior, codes, class_mixture=True)  # as `vqgen repair` does
         cm = repair_mask(sbits, threshold=threshold)
         res = inpaint(prior, vqvae, corrupted, cm, num=1, num_candidates=args.candidates,
                       seed=0, pixel_mask=code_to_pixel_mask(cm, size))

@@ -252,7 +252,7 @@ class Server:
         enc = self.vqvae.model.to(self.device).eval()
         with torch.inference_mode():
             codes = enc.encode(image[None].to(self.device)).cpu()
-        bits = surprisal(self.prior, codes, cond, device=self.device)
+        bits = surprisal(self.prior, codes, cond, device=self.device, class_mixture=True)
         if repair_fraction is not None:
             check_repair_args(None, float(repair_fraction))
             code_mask = repair_mask(bits, fraction=float(repair_fraction))[0]

@@ -117,6 +117,94 @@ def test_weights_are_joint_over_proposal_by_enumeration():
     assert q_all.sum().item() == pytest.approx(1, abs=1e-6)
 
 
+def mixture_log_p(model, grids: torch.Tensor, classes: int = 2) -> torch.Tensor:
+    """log of the uniform class mixture (1/C) sum_y p(grid | y), (B,) float64."""
+    per_class = torch.stack([naive_log_p(model, grids, torch.full((len(grids),), y))
+                             for y in range(classes)])
+    return torch.logsumexp(per_class, 0) - math.log(classes)
+
+
+@torch.no_grad()
+def test_class_mixture_weights_by_enumeration():
+    """No class given to a class-conditional prior: each candidate is drawn under a class
+    of its own, p is the mixture of the classes' p(z | y) and q the mixture of their
+    (guided, tempered, top-k) proposals; the class posterior is p(y | z)."""
+    lit = enumerable_prior()
+    model = lit.model
+    known = torch.tensor([[[2, 1], [0, 2]]])
+    mask = torch.tensor([[[True, False], [True, False]]])
+    knobs = dict(temperature=0.7, top_k=2, guidance=2.0)
+    cands = draw_candidates(lit, known, mask, 40, generator=torch.Generator().manual_seed(0),
+                            mixture=True, **knobs)
+    grids = cands.codes[0]
+    assert (grids[:, ~mask[0]] == known[0][~mask[0]]).all()
+    assert len({tuple(g.flatten().tolist()) for g in grids}) > 2
+    drawn = mask[0].expand(40, 2, 2)
+    per_class_q = torch.stack([naive_log_q(model, grids, drawn, torch.full((40,), y), **knobs)
+                               for y in range(2)])
+    want_p = mixture_log_p(model, grids)
+    torch.testing.assert_close(cands.log_p[0], want_p, atol=1e-5, rtol=0)
+    # the first 20 candidates (uniform over classes) estimate p(known | y) by importance
+    # sampling; the other 20 draw their classes from 0.1 uniform + 0.9 that posterior
+    pilot_q = torch.logsumexp(per_class_q[:, :20], 0) - math.log(2)
+    evidence = torch.stack([torch.logsumexp(naive_log_p(model, grids[:20], torch.full((20,), y))
+                                            - pilot_q, 0) for y in range(2)])
+    posterior = 0.1 / 2 + 0.9 * evidence.softmax(0)
+    alpha = (20 / 2 + 20 * posterior) / 40
+    torch.testing.assert_close(cands.class_share[0], alpha, atol=1e-6, rtol=0)
+    torch.testing.assert_close(cands.log_q[0],
+                               torch.logsumexp(per_class_q + alpha.log()[:, None], 0),
+                               atol=1e-5, rtol=0)
+    post = torch.stack([naive_log_p(model, grids, torch.full((40,), y)) for y in range(2)])
+    torch.testing.assert_close(cands.class_log_post[0], (post - math.log(2) - want_p).T,
+                               atol=1e-5, rtol=0)
+
+
+def train_class_prior(steps: int = 300) -> LitPrior:
+    """A 2x2, K=3 prior with 2 classes: class 0 draws every code iid from (0.8, 0.1, 0.1),
+    class 1 from (0.1, 0.1, 0.8). A known code of 2 says "class 1", so it moves the masked
+    codes before it towards 2."""
+    torch.manual_seed(0)
+    lit = LitPrior(num_codes=K, code_shape=(2, 2), num_classes=2, hidden=16, num_layers=2,
+                   head_hidden=32)
+    opt = torch.optim.Adam(lit.parameters(), lr=1e-2)
+    table = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8]])
+    for _ in range(steps):
+        y = torch.randint(0, 2, (256,))
+        z = torch.multinomial(table[y], 4, replacement=True).reshape(256, 2, 2)
+        loss = F.cross_entropy(lit.model(z, y), z)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return lit.eval()
+
+
+def test_class_mixture_resampling_reaches_the_mixture_conditional():
+    lit = train_class_prior()
+    known = torch.tensor([[0, 2], [2, 2]])  # mask z00; three 2s say "class 1"
+    grids = known.expand(K, 2, 2).clone()
+    grids[:, 0, 0] = torch.arange(K)
+    with torch.no_grad():
+        exact = mixture_log_p(lit.model, grids).softmax(0).numpy()  # p_mix(z00 | known)
+    n = 400
+    codes = known.expand(n, 2, 2).clone()
+    mask = torch.zeros(n, 2, 2, dtype=torch.bool)
+    mask[:, 0, 0] = True
+    gen = torch.Generator().manual_seed(0)
+    cands = draw_candidates(lit, codes, mask, 16, generator=gen, mixture=True)
+    kept = select_candidates(cands, 1, "importance", gen)[:, 0]
+    z00 = cands.codes[torch.arange(n), kept, 0, 0]
+    resampled = np.bincount(z00.numpy(), minlength=K)
+    proposal = np.bincount(cands.codes[:, :, 0, 0].flatten().numpy(), minlength=K) / 16
+    pilot = np.bincount(cands.codes[:, :8, 0, 0].flatten().numpy(), minlength=K) / 8
+    # a real shift: the uniform pilot half is far off; the posterior-led half moves closer
+    assert exact[2] > 0.6 and pilot[2] / n < 0.5 < proposal[2] / n < 0.7, (exact, proposal)
+    _, p_res = chi_square_df2(resampled, exact)
+    _, p_prop = chi_square_df2(proposal, exact)
+    assert p_prop < 1e-6, f"the proposal alone already matches? {proposal} vs {exact}"
+    assert p_res > 1e-3, f"resampled {resampled} is not the exact conditional {exact * n}"
+
+
 def test_effective_sample_size():
     lw = torch.log(torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0], [3.0, 1.0, 0, 0]]))
     torch.testing.assert_close(effective_sample_size(lw),
@@ -204,6 +292,26 @@ def test_surprisal_is_the_forward_nll_per_position_and_a_code_length():
     torch.testing.assert_close(bits, want, atol=1e-5, rtol=0)
     # whole-grid code lengths of a distribution: sum over every grid of 2^-bits is 1
     assert (2.0 ** -bits.sum((1, 2))).sum().item() == pytest.approx(1, abs=1e-6)
+
+
+@torch.no_grad()
+def test_class_mixture_surprisal_is_the_mixtures_conditionals():
+    """Without a class, surprisal under the class mixture: every position's conditional
+    p_mix(z_i | z_<i) (prefix marginals by enumeration) and the grid's code length."""
+    lit = enumerable_prior()
+    bits = surprisal(lit, ALL_GRIDS, class_mixture=True)
+    log_p = mixture_log_p(lit.model, ALL_GRIDS)  # (81,)
+    torch.testing.assert_close(bits.sum((1, 2)), -log_p / math.log(2), atol=1e-5, rtol=0)
+    flat = ALL_GRIDS.reshape(81, 4)
+    for t in range(4):
+        def prefix_log_p(length: int) -> torch.Tensor:
+            """log p_mix(z_<length) of each grid: sum over grids sharing that prefix."""
+            same = (flat[:, None, :length] == flat[None, :, :length]).all(2)  # (81, 81)
+            return torch.logsumexp(log_p[None].expand(81, 81).masked_fill(~same, -math.inf), 1)
+        want = -(prefix_log_p(t + 1) - prefix_log_p(t)) / math.log(2)
+        torch.testing.assert_close(bits.reshape(81, 4)[:, t], want, atol=1e-5, rtol=0)
+    # the null class is another distribution: the mixture is not what it computes
+    assert not torch.allclose(bits, surprisal(lit, ALL_GRIDS), atol=1e-3)
 
 
 def test_repair_mask_threshold_and_fraction():
@@ -309,9 +417,25 @@ def test_inpaint_writes_the_issue_layout(tiny_prior_run: Path, tmp_path: Path, c
     assert [e["mask_codes"] for e in doc["inputs"]] == [rows] * 3
     lp = [c["log_prob"] for c in doc["inputs"][0]["completions"]]
     prior, _ = load_pair(tiny_prior_run / "last.ckpt")
-    want = -surprisal(prior, torch.from_numpy(codes[0].astype(np.int64))).sum((1, 2)) * math.log(2)
+    # no --class: the class is inferred (mixture), and each completion names its class
+    assert doc["class_mixture"] is True
+    z = torch.from_numpy(codes[0].astype(np.int64))
+    want = -surprisal(prior, z, class_mixture=True).sum((1, 2)) * math.log(2)
     np.testing.assert_allclose(lp, want.numpy(), atol=1e-3)
     assert 1 <= doc["inputs"][0]["ess"] <= 16
+    for c in doc["inputs"][0]["completions"]:
+        assert 0 <= c["inferred_class"] < 10 and 0.1 <= c["class_prob"] <= 1
+    out2 = tmp_path / "null"
+    rc, _, err = run(capsys, *inpaint_argv(tiny_prior_run / "last.ckpt", out2, *data_args(),
+                                           "--box", "0,14,28,28", "--num", "2", "--null-class"))
+    assert rc == 0, err
+    doc = json.loads((out2 / "inpaint.json").read_text())
+    assert doc["class_mixture"] is False
+    assert "inferred_class" not in doc["inputs"][0]["completions"][0]
+    z = torch.from_numpy(np.load(out2 / "codes.npy")[0].astype(np.int64))
+    want = -surprisal(prior, z).sum((1, 2)) * math.log(2)
+    np.testing.assert_allclose([c["log_prob"] for c in doc["inputs"][0]["completions"]],
+                               want.numpy(), atol=1e-3)
 
 
 def test_paste_keeps_pixels_outside_the_mask(tiny_prior_run: Path, tmp_path: Path, capsys):
@@ -373,7 +497,7 @@ def test_repair_writes_surprisal_and_keeps_the_rest(tiny_prior_run: Path, tmp_pa
     enc = vqvae.model.encode(images)
     bits = np.load(out / "surprisal.npy")
     assert bits.shape == (4, 7, 7) and bits.dtype == np.float32
-    np.testing.assert_allclose(bits, surprisal(prior, enc).numpy(), atol=1e-4)
+    np.testing.assert_allclose(bits, surprisal(prior, enc, class_mixture=True).numpy(), atol=1e-4)
     doc = json.loads((out / "inpaint.json").read_text())
     codes = np.load(out / "codes.npy").astype(np.int64)
     for i, entry in enumerate(doc["inputs"]):
@@ -433,8 +557,10 @@ BAD = {
     "index out of range": (lambda t: ["--index", "498:502"], ["out of range", "500 items"]),
     "candidates < num": (lambda t: ["--box", "0,0,9,9", "--candidates", "2", "--num", "4"],
                          [">= --num"]),
-    "guidance without class": (lambda t: ["--box", "0,0,9,9", "--guidance", "2"],
-                               ["needs a class"]),
+    # without --class, guidance sharpens each class's proposal of the class mixture; with
+    # the null class there is no class to guide towards
+    "guidance with the null class": (lambda t: ["--box", "0,0,9,9", "--guidance", "2",
+                                                "--null-class"], ["needs a class"]),
 }
 
 

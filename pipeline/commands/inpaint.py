@@ -50,6 +50,9 @@ def _add_common(p: argparse.ArgumentParser, num_default: int) -> None:
     s.add_argument("--top-p", type=float, default=None)
     s.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale (1 = none; needs --class)")
+    s.add_argument("--null-class", action="store_true",
+                   help="without --class, use the prior's null class instead of inferring the "
+                   "class from the known codes (one forward pass instead of one per class)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=positive_int, default=512,
                    help="candidate grids per sampler call (default 512)")
@@ -181,7 +184,8 @@ def _prepare(args: argparse.Namespace):
     return out, device, prior, vqvae, class_index, images, data_labels, sources, cond
 
 
-def _settings(args: argparse.Namespace, verb: str, prior, vqvae, class_index, m: int) -> dict:
+def _settings(args: argparse.Namespace, verb: str, prior, vqvae, class_index, res) -> dict:
+    """What inpaint.json records of the run (``res``: the :class:`Inpainting` result)."""
     from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
 
     vq_path = str(getattr(vqvae, "checkpoint_path", "") or args.vqvae
@@ -189,10 +193,11 @@ def _settings(args: argparse.Namespace, verb: str, prior, vqvae, class_index, m:
     return dict(
         verb=verb, prior=str(args.prior), prior_sha256=file_sha256(args.prior), vqvae=vq_path,
         vqvae_sha256=file_sha256(vq_path) if Path(vq_path).is_file() else None,
-        class_index=class_index, candidates=m, select="best" if args.best else "importance",
+        class_index=class_index, candidates=res.num_candidates, select="best" if args.best else "importance",
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, paste=args.paste,
         feather=args.feather,
+        class_mixture=res.class_prob is not None,
     )
 
 
@@ -204,7 +209,7 @@ def _run(args, verb, prior, vqvae, images, code_mask, pixel_mask, cond, device):
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    guidance=args.guidance, seed=args.seed, pixel_mask=pixel_mask,
                    paste=args.paste, feather=args.feather, batch_size=args.batch_size,
-                   device=device)
+                   device=device, class_mixture=not args.null_class)
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
@@ -232,7 +237,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         print("note: the mask covers every code: this is plain sampling from the prior "
               "(nothing of the input is kept)", file=sys.stderr)
     res = _run(args, "inpaint", prior, vqvae, images, code_mask, pixel_mask, cond, device)
-    settings = _settings(args, "inpaint", prior, vqvae, class_index, res.num_candidates)
+    settings = _settings(args, "inpaint", prior, vqvae, class_index, res)
     settings.update(mask=args.mask, box=list(box) if box else None, grow=args.grow)
     write_inpainting(out, res, images, pixel_mask, settings=settings, inputs=sources,
                      labels=data_labels)
@@ -255,7 +260,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         codes = torch.cat([enc.encode(images[s : s + 256].to(device)).cpu()
                            for s in range(0, images.shape[0], 256)])
-    bits = surprisal(prior, codes, cond, device=device)
+    bits = surprisal(prior, codes, cond, device=device, class_mixture=not args.null_class)
     code_mask = repair_mask(bits, threshold=threshold, fraction=fraction)
     untouched = int((~code_mask.reshape(code_mask.shape[0], -1).any(1)).sum())
     if untouched:
@@ -264,7 +269,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
               "--fraction to change more)", file=sys.stderr)
     pixel_mask = code_to_pixel_mask(code_mask, tuple(images.shape[-2:]))
     res = _run(args, "repair", prior, vqvae, images, code_mask, pixel_mask, cond, device)
-    settings = _settings(args, "repair", prior, vqvae, class_index, res.num_candidates)
+    settings = _settings(args, "repair", prior, vqvae, class_index, res)
     settings.update(threshold=threshold, fraction=fraction)
     write_inpainting(out, res, images, pixel_mask, settings=settings, inputs=sources,
                      labels=data_labels, bits=bits)
