@@ -7,14 +7,20 @@ Prints one JSON line with at least:
   *without* the class, by prefix-only sampling from the null class (known codes after the
   mask ignored) and by importance resampling of ``--candidates`` proposals as ``vqgen
   inpaint`` does by default (the class inferred: candidates drawn under every class);
-  for reference also ``importance_null_class`` (``--null-class``) and
-  ``prefix_true_class`` (prefix-only with the true class given); ``inpaint_bits`` the same
+  for reference also ``importance_null_class`` (``--null-class``),
+  ``prefix_true_class`` (prefix-only with the true class given) and, for the bottom half
+  (known codes all before masked ones), ``exact_class_posterior``: the class drawn from the
+  prior's exact p(class | known codes), then completed under it, i.e. exact samples of what
+  importance resampling approximates (with ``class_posterior_bottom_half``: how often that
+  posterior's argmax is the true class, and its mean probability); ``inpaint_bits`` the same
   completions' mean code length (bits per grid) under the class mixture, ``inpaint_mean_ess``
   the mean effective sample size;
 - ``grow``: importance accuracy of the centre box with the code mask grown by 0 and 1 cell;
 - ``repair`` {"acc_clean", "acc_corrupted", "acc_repaired", "recall", "precision",
   "psnr_inside_*", "psnr_outside_*"} per corruption (uniform noise, a block of another
-  digit) of a 10x10 block at a random place, and a threshold sweep of recall / precision;
+  digit) of a 10x10 block at a random place (also ``acc_repaired_no_paste``: every pixel
+  decoded), a threshold sweep of recall / precision, and ``repair_clean_inputs``: repair
+  run on the clean digits (codes flagged, accuracy before / after: the cost of false alarms);
 - ``seconds_1x8`` (one image, 8 completions from 64 candidates) and ``seconds_64x8``.
 
     python benchmarks/inpaint.py [--demo /work/runs/demo] [--num-images 200]
@@ -66,7 +72,7 @@ def main() -> None:
     from vqgen.pipeline.evaluation.classifier import classify, get_classifier
     from vqgen.pipeline.evaluation.data import eval_datasets
     from vqgen.pipeline.generate import load_pair
-    from vqgen.pipeline.inpaint import inpaint, repair_mask, surprisal
+    from vqgen.pipeline.inpaint import class_log_likelihoods, inpaint, repair_mask, surprisal
     from vqgen.pipeline.masks import box_mask, code_to_pixel_mask, pixel_to_code_mask
 
     t_start = time.perf_counter()
@@ -112,6 +118,24 @@ def main() -> None:
             # one measure for every run: the class-mixture code length (bits per grid)
             grid_bits = surprisal(prior, res.codes[:, 0], class_mixture=True).sum((1, 2))
             bits[name][how] = round(float(grid_bits.mean()), 2)
+        if name == "bottom_half":
+            # the mask is a raster suffix: p(class | known codes) is exact from one forward
+            # pass per class, so drawing the class from it and completing under that class
+            # samples the mixture's exact p(masked | known): what importance resampling
+            # approaches as the candidates grow, a ceiling for sampling from this prior
+            with torch.inference_mode():
+                codes = vqvae.model.eval().encode(images)
+                per_pos, _ = class_log_likelihoods(prior.model.eval(), codes)
+            known_ll = per_pos.masked_fill(cm, 0).sum((2, 3))  # (C, N): log p(known | y)
+            gen = torch.Generator().manual_seed(0)
+            post_class = torch.multinomial(known_ll.T.softmax(1).float(), 1, generator=gen)[:, 0]
+            res = inpaint(prior, vqvae, images, cm, num=1, seed=0, pixel_mask=pm,
+                          num_candidates=1, select="proposal", labels=post_class)
+            class_acc[name]["exact_class_posterior"] = acc(res.images[:, 0])
+            result["class_posterior_bottom_half"] = {
+                "argmax_is_true_class": round(float((known_ll.argmax(0) == labels).float().mean()), 4),
+                "mean_p_true_class": round(float(known_ll.softmax(0)[labels, torch.arange(n)].mean()), 4)}
+            log(f"{name} exact class posterior: accuracy {class_acc[name]['exact_class_posterior']}")
     result["inpaint_class_acc"] = class_acc
     result["inpaint_bits"] = bits
     result["inpaint_mean_ess"] = ess
@@ -152,10 +176,13 @@ def main() -> None:
         res = inpaint(prior, vqvae, corrupted, cm, num=1, num_candidates=args.candidates,
                       seed=0, pixel_mask=code_to_pixel_mask(cm, size))
         fixed = res.images[:, 0]
+        raw = inpaint(prior, vqvae, corrupted, cm, num=1, num_candidates=args.candidates,
+                      seed=0, paste=False).images[:, 0]  # --no-paste: all pixels decoded
         log(f"repair {kind} done")
         hit = float((cm & truth).sum())
         repair[kind] = {
             "acc_clean": acc_clean, "acc_corrupted": acc(corrupted), "acc_repaired": acc(fixed),
+            "acc_repaired_no_paste": acc(raw),
             "recall": round(hit / float(truth.sum()), 4),
             "precision": round(hit / max(float(cm.sum()), 1), 4),
             "psnr_inside_corrupted": round(psnr(corrupted, images, block), 2),
@@ -170,6 +197,14 @@ def main() -> None:
             h = float((m & truth).sum())
             sweep[kind][f"{t:g}"] = {"recall": round(h / float(truth.sum()), 3),
                                      "precision": round(h / max(float(m.sum()), 1), 3)}
+    # the cost of false alarms: repair run on the clean digits themselves
+    with torch.inference_mode():
+        clean_codes = enc.encode(images)
+    cm = repair_mask(surprisal(prior, clean_codes, class_mixture=True), threshold=threshold)
+    res = inpaint(prior, vqvae, images, cm, num=1, num_candidates=args.candidates, seed=0,
+                  pixel_mask=code_to_pixel_mask(cm, size))
+    result["repair_clean_inputs"] = {"codes_flagged_per_image": round(float(cm.sum()) / n, 2),
+                                     "acc_before": acc_clean, "acc_after": acc(res.images[:, 0])}
     # the issue's keys: both corruptions pooled (equal halves)
     result["repair"] = {k: round((repair["noise"][k] + repair["other_digit"][k]) / 2, 4)
                         for k in repair["noise"]}
