@@ -148,7 +148,8 @@ def draw_candidates(
                                     draw.repeat_interleave(m, 0), lab, knobs, generator)
         nll = prior_nll(prior, grids, lab, batch_size=max(1, batch_size), device=str(device))
         parts.append(Candidates(grids.cpu().reshape(n, m, h, w), (-nll.sum((1, 2))).reshape(n, m),
-                                log_q.cpu().reshape(n, m), draw.cpu()[:, None].expand(n, m, h, w)))
+                                log_q.reshape(n, m), draw.cpu()[:, None].expand(n, m, h, w)))
+
     def cat(field: str) -> Tensor | None:
         got = [getattr(c, field) for c in parts]
         return None if got[0] is None else torch.cat(got)
@@ -160,13 +161,14 @@ def draw_candidates(
 def _draw_scored(model, known: Tensor, draw: Tensor, labels: Tensor | None, knobs: dict,
                  generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """One cached-sampler call: known int (N, h, w), draw bool (N, h, w), labels (N,) or
-    None -> (grids int64 (N, h, w), log q of the drawn codes float64 (N,), read from the
-    sampler's own logits: exactly the distribution each code was drawn from)."""
+    None -> (grids int64 (N, h, w) on the model's device, log q of the drawn codes float64
+    (N,) on the CPU (no float64 on the device: MPS has none), read from the sampler's own
+    logits: exactly the distribution each code was drawn from)."""
     seen: list[tuple[int, int, Tensor]] = []
     grids = sample_codes(model, known.shape[0], labels=labels, **knobs, generator=generator,
                          prefix=known, known=~draw, sampler="cached",
                          on_logits=lambda i, j, logits: seen.append((i, j, logits.clone())))
-    log_q = torch.zeros(known.shape[0], dtype=torch.float64, device=known.device)
+    log_q = torch.zeros(known.shape[0], dtype=torch.float64)
     if seen:
         ii = torch.tensor([p[0] for p in seen], device=known.device)
         jj = torch.tensor([p[1] for p in seen], device=known.device)
@@ -181,7 +183,7 @@ def _draw_scored(model, known: Tensor, draw: Tensor, labels: Tensor | None, knob
         # rows that keep a position discarded its draw; their kept code may even lie
         # outside the top-k (-inf), so select rather than multiply by the mask
         drawn_here = draw[:, ii, jj].T
-        log_q = torch.where(drawn_here, per_pos, torch.zeros_like(per_pos)).double().sum(0)
+        log_q = torch.where(drawn_here, per_pos, torch.zeros_like(per_pos)).sum(0).cpu().double()
     return grids, log_q
 
 
@@ -221,8 +223,8 @@ def _draw_mixture(model, known: Tensor, draw: Tensor, m: int, groups: int, knobs
             perm = torch.randperm(c, generator=generator, device=gen_device).cpu()
             classes[i, idx] = perm[torch.arange(len(idx)) % c]
     grids = torch.empty(n, m, h, w, dtype=torch.long, device=device)
-    log_py = torch.empty(c, n, m, dtype=torch.float64, device=device)  # log p(z | y)
-    log_qy = torch.empty(c, n, m, dtype=torch.float64, device=device)  # log q_y(drawn codes)
+    log_py = torch.empty(c, n, m, dtype=torch.float64)  # log p(z | y), on the CPU
+    log_qy = torch.empty(c, n, m, dtype=torch.float64)  # log q_y(drawn codes)
 
     def run(cols: Tensor) -> None:
         """Draw and score the candidates in columns ``cols`` under ``classes[:, cols]``."""
@@ -233,7 +235,7 @@ def _draw_mixture(model, known: Tensor, draw: Tensor, m: int, groups: int, knobs
         per_pos, lq = class_log_likelihoods(model, z, drawn=dr, batch_size=batch_size, **knobs)
         assert lq is not None
         # a candidate's own class: the sampler's exact log q rather than the forward's
-        lq = lq.scatter(0, lab[None], own_q[None].to(lq.dtype))
+        lq = lq.scatter(0, lab.cpu()[None], own_q[None])
         grids[:, cols] = z.reshape(n, mm, h, w)
         log_py[:, :, cols] = per_pos.sum((2, 3)).reshape(c, n, mm)
         log_qy[:, :, cols] = lq.reshape(c, n, mm)
@@ -268,8 +270,9 @@ def class_log_likelihoods(model, grids: Tensor, *, drawn: Tensor | None = None,
     (C, N), else None)."""
     c = model.num_classes
     n, h, w = grids.shape
-    per_pos = torch.empty(c, n, h, w, dtype=torch.float64, device=grids.device)
-    log_q = None if drawn is None else torch.empty(c, n, dtype=torch.float64, device=grids.device)
+    # float64 on the CPU (MPS has no float64); each pass's float32 numbers are moved there
+    per_pos = torch.empty(c, n, h, w, dtype=torch.float64)
+    log_q = None if drawn is None else torch.empty(c, n, dtype=torch.float64)
     # plain sampling draws from the prior's own conditionals: q's terms are p's
     plain = temperature == 1 and top_k is None and top_p is None and guidance == 1
     for s in range(0, n, batch_size):
@@ -277,13 +280,14 @@ def class_log_likelihoods(model, grids: Tensor, *, drawn: Tensor | None = None,
         uncond = model(z, None) if drawn is not None and guidance != 1 else None
         for y in range(c):
             logits = model(z, torch.full((z.shape[0],), y, device=z.device)).float()
-            lp = (-F.cross_entropy(logits, z, reduction="none")).double()
-            per_pos[y, s : s + batch_size] = lp
+            lp = -F.cross_entropy(logits, z, reduction="none")
+            per_pos[y, s : s + batch_size] = lp.cpu().double()
             if log_q is None:
                 continue
             d = drawn[s : s + batch_size]
             if plain:
-                log_q[y, s : s + batch_size] = torch.where(d, lp, torch.zeros_like(lp)).sum((1, 2))
+                lq = torch.where(d, lp, torch.zeros_like(lp))
+                log_q[y, s : s + batch_size] = lq.sum((1, 2)).cpu().double()
                 continue
             if uncond is not None:
                 logits = guide(logits, uncond.float(), guidance)
@@ -292,7 +296,8 @@ def class_log_likelihoods(model, grids: Tensor, *, drawn: Tensor | None = None,
             lq = filter_logits(flat, temperature, top_k, top_p).float().log_softmax(dim=1)
             lq = lq.gather(1, z.reshape(-1, 1)).reshape(z.shape)
             # select, not multiply: a kept code may lie outside class y's top-k (-inf)
-            log_q[y, s : s + batch_size] = torch.where(d, lq, torch.zeros_like(lq)).double().sum((1, 2))
+            lq = torch.where(d, lq, torch.zeros_like(lq))
+            log_q[y, s : s + batch_size] = lq.sum((1, 2)).cpu().double()
     return per_pos, log_q
 
 
