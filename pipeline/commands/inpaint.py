@@ -241,7 +241,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     settings.update(mask=args.mask, box=list(box) if box else None, grow=args.grow)
     write_inpainting(out, res, images, pixel_mask, settings=settings, inputs=sources,
                      labels=data_labels)
-    _print_summary(out, res)
+    _print_summary(out, res, None, prior)
     return 0
 
 
@@ -273,12 +273,14 @@ def cmd_repair(args: argparse.Namespace) -> int:
     settings.update(threshold=threshold, fraction=fraction)
     write_inpainting(out, res, images, pixel_mask, settings=settings, inputs=sources,
                      labels=data_labels, bits=bits)
-    _print_summary(out, res, bits)
+    _print_summary(out, res, bits, prior)
     return 0
 
 
-def _print_summary(out: Path, res, bits=None) -> None:
+def _print_summary(out: Path, res, bits, prior) -> None:
     import math
+
+    names = [str(n) for n in (prior.hparams.get("class_names") or [])]
 
     n, num = res.codes.shape[:2]
     for i in range(min(n, 8)):
@@ -286,10 +288,14 @@ def _print_summary(out: Path, res, bits=None) -> None:
         extra = f"; before {float(bits[i].sum()):.1f}" if bits is not None else ""
         if res.class_prob is not None:  # the class each completion was inferred to show
             extra += "; classes " + ", ".join(
-                f"{int(p.argmax())} ({float(p.max()):.2f})" for p in res.class_prob[i])
+                f"{_name(names, int(p.argmax()))} ({float(p.max()):.2f})" for p in res.class_prob[i])
         print(f"input {i}: {int(res.code_mask[i].sum())} codes regenerated, ESS "
               f"{float(res.ess[i]):.1f} of {res.num_candidates}; bits after: {lp}{extra}")
     if n > 8:
         print(f"... ({n} inputs; every number is in inpaint.json)")
     print(f"wrote {out}/grid.png, {n * num} x {out}/NNNNNN_K.png, codes.npy, inpaint.json"
           + (", surprisal.png, surprisal.npy" if bits is not None else ""))
+
+
+def _name(names: list[str], index: int) -> str:
+    return names[index] if index < len(names) else str(index)
