@@ -21,6 +21,12 @@ from p(z_masked | z_known) as ``candidates`` grows; ``effective sample size``
 ``select="best"`` keeps the ``num`` highest p(z) instead; ``select="proposal"`` keeps the
 first ``num`` draws unweighted (prefix-only completion, the baseline).
 
+A class-conditional prior used without a class treats the class as unknown (the default;
+``class_mixture=False`` uses its null class): p(z) = mean over classes y of p(z | y), the
+candidates are drawn under classes of their own (spread evenly, then following the class
+posterior the first ones estimate) and weighted against that mixture of proposals, so the
+known codes pick the class as well as the completion (``_draw_mixture``).
+
 ``surprisal`` is -log2 p(z_i | z_<i) per position (one forward pass); ``repair_mask``
 turns it into a code mask, and repair is then the same inpainting path.
 """
@@ -259,6 +265,7 @@ def _draw_mixture(model, known: Tensor, draw: Tensor, m: int, groups: int, knobs
                       draw.cpu()[:, None].expand(n, m, h, w), post.cpu(), alpha.cpu())
 
 
+@torch.inference_mode()
 def class_log_likelihoods(model, grids: Tensor, *, drawn: Tensor | None = None,
                           temperature: float = 1.0, top_k: int | None = None,
                           top_p: float | None = None, guidance: float = 1.0,
