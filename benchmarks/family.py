@@ -11,8 +11,14 @@ bits/dim, codebook usage) plus steps and training images/s, and the headline rat
 - Gaussian VAE vs VQ-VAE: bits/dim and PSNR;
 - training images/s of the VQ-GAN relative to the VQ-VAE.
 
+With ``--prior-budget S``: each VQ model's codes are encoded (``vqgen encode``), a stage-two
+prior is trained on them for S seconds (``vqgen train-prior``'s defaults and code path), and
+``vqgen evaluate --prior`` scores its samples: Fréchet distance and class accuracy of the
+class-conditional ones, FD and class entropy of the unconditional ones (per model under
+"samples"). The Gaussian VAE has no codes, so no prior.
+
     OMP_NUM_THREADS=1 python benchmarks/family.py --budget 210 [--data mnist5k] [--out DIR]
-        [-- extra train-vqvae flags for every model]
+        [--prior-budget 120] [-- extra train-vqvae flags for every model]
 """
 
 from __future__ import annotations
@@ -37,7 +43,12 @@ def main() -> None:
     ap.add_argument("--models", default="vq,vqgan,vae")
     ap.add_argument("--gan-flags", default="", help="extra flags for the VQ-GAN only")
     ap.add_argument("--reuse", action="store_true",
-                    help="keep models already trained in --out (their speed.json) and train the rest")
+                    help="keep models (and priors) already trained in --out and train the rest")
+    ap.add_argument("--prior-budget", type=float, default=0.0,
+                    help="seconds to train a prior on each VQ model's codes, then score its "
+                    "samples (0 = no priors)")
+    ap.add_argument("--num-samples", type=int, default=1000,
+                    help="samples per kind for the prior's scores (default 1000)")
     args, extra = ap.parse_known_args()
     extra = [e for e in extra if e != "--"]
 
@@ -60,6 +71,7 @@ def main() -> None:
         cli = build_parser().parse_args(["train-vqvae", "--data", args.data, "--out", str(out),
                                          "--no-codes", "--overwrite", *flags[name], *extra])
         model_args, data_args, max_epochs = vqvae_config(cli)
+        max_epochs = cli.max_epochs or max_epochs  # an extra --max-epochs fits the schedule to the budget
         t0 = time.perf_counter()
         res = train_vqvae(out, model_args, data_args=data_args, overwrite=True, write_codes=False,
                           trainer_args=dict(max_epochs=max_epochs, max_time=str(args.budget),
@@ -97,7 +109,49 @@ def main() -> None:
             "bits_per_dim": {"vae": rows["vae"]["bits_per_dim"], "vqvae": rows["vq"]["bits_per_dim"]},
             "psnr_db": {"vae": rows["vae"]["psnr_db"], "vqvae": rows["vq"]["psnr_db"]},
         }
+    if args.prior_budget > 0:
+        for name in names:
+            if name != "vae":
+                result["models"][name]["samples"] = prior_samples(
+                    runs[name], root / name, args, classifier_cache=root / "classifier")
     print(json.dumps(result, indent=2, default=str))
+
+
+def prior_samples(ckpt: Path, run: Path, args: argparse.Namespace, *, classifier_cache: Path) -> dict:
+    """Encode ``ckpt``'s data, train a prior on the codes for ``args.prior_budget`` seconds
+    (train-prior's defaults), and return the sample scores of ``evaluate --prior``."""
+    from vqgen.pipeline.cli import build_parser, main
+    from vqgen.pipeline.commands.stage2 import prior_config
+    from vqgen.pipeline.evaluate import evaluate
+    from vqgen.stage2_prior.train import train_prior
+
+    codes, prior_dir = run / "codes", run / "prior"
+    if not (args.reuse and (prior_dir / "speed.json").is_file()):
+        if main(["encode", "--vqvae", str(ckpt), "--out", str(codes), "--overwrite",
+                 "--device", "cpu"]) != 0:
+            raise SystemExit(f"encode {ckpt} failed")
+        cli = build_parser().parse_args(["train-prior", "--codes", str(codes), "--out", str(prior_dir)])
+        model_args, batch_size, max_epochs = prior_config(cli, log=lambda s: None)
+        t0 = time.perf_counter()
+        res = train_prior(codes, prior_dir, model_args, batch_size=batch_size, overwrite=True,
+                          trainer_args=dict(max_epochs=max_epochs, max_time=str(args.prior_budget),
+                                            accelerator="cpu", quiet=True))
+        wall = time.perf_counter() - t0
+        steps = int(torch.load(res.last, weights_only=True)["global_step"])
+        (prior_dir / "speed.json").write_text(json.dumps({
+            "steps": steps, "train_wall_s": round(wall, 1),
+            "val_bits_per_code": res.metrics.get("val/bits_per_code")}))
+    speed = json.loads((prior_dir / "speed.json").read_text())
+    report = evaluate(ckpt, prior_dir / "last.ckpt", None, run / "prior_report", overwrite=True,
+                      num_samples=args.num_samples, device="cpu",
+                      classifier_cache=classifier_cache, log=lambda s: None)
+    samples = report["samples"] or {}
+    keep = ("fd", "class_accuracy", "class_entropy_fraction_of_log_k", "precision", "recall")
+    out = {kind: {k: v for k, v in samples[kind].items() if k in keep}
+           for kind in ("conditional", "unconditional") if kind in samples}
+    return {"prior": speed, **out,
+            "bits_per_dim_bound": (report["whole_model"] or {}).get("bits_per_dim"),
+            "report": str(run / "prior_report")}
 
 
 if __name__ == "__main__":

@@ -147,6 +147,20 @@ def family_runs(tmp_path_factory: pytest.TempPathFactory, tiny_vqvae_run: Path) 
     return runs
 
 
+@pytest.mark.parametrize(("size", "channels"), [((28, 28), 1), ((64, 64), 3)])
+def test_default_discriminator_is_sized_by_the_image_and_recorded(size, channels):
+    """disc_width / disc_layers 0 (the defaults) resolve by image size, the module is built
+    with the resolved numbers and the hyper-parameters (so the checkpoint) hold them; an
+    explicit width wins."""
+    lit = LitVQGAN(gan=True, image_size=size, channels=channels)
+    width, layers = gan.disc_width_for(size), gan.disc_layers_for(size)
+    assert (lit.hparams.disc_width, lit.hparams.disc_layers) == (width, layers)
+    assert lit.discriminator.blocks[0][0].out_channels == width
+    assert len(lit.discriminator.blocks) == layers + 1
+    assert LitVQGAN(gan=True, image_size=size, channels=channels,
+                    disc_width=8).discriminator.blocks[0][0].out_channels == 8
+
+
 def test_load_vqvae_rebuilds_each_from_the_checkpoint_alone(family_runs: dict[str, Path]):
     kinds = {name: type(load_vqvae(run / "last.ckpt")) for name, run in family_runs.items()}
     assert kinds == {"vq": LitVQVAE, "vqgan": LitVQGAN, "vae": LitGaussianVAE}

@@ -84,6 +84,14 @@ def test_depth_follows_image_size():
     assert len(feats) == 2
 
 
+def test_width_follows_image_size():
+    """16 channels up to 32 px (where 64 would cost several times the VQ-VAE's own step),
+    the published 64 above; the smaller side decides."""
+    assert gan.disc_width_for((28, 28)) == gan.disc_width_for((32, 32)) == 16
+    assert gan.disc_width_for((28, 200)) == 16
+    assert gan.disc_width_for((64, 64)) == gan.disc_width_for((128, 128)) == 64
+
+
 def test_frozen_forward_same_values_no_discriminator_gradient():
     torch.manual_seed(0)
     disc = gan.PatchDiscriminator(1, width=8, num_layers=1)

@@ -125,11 +125,12 @@ def add_family_args(p: argparse.ArgumentParser) -> None:
                    help="VQ-GAN: add a PatchGAN discriminator (hinge loss, adaptive weight) and "
                    "feature matching; the checkpoint is used like a VQ-VAE's")
     g.add_argument("--disc-start", type=int, default=None,
-                   help="steps before the discriminator switches on (default 500)")
+                   help="steps before the discriminator switches on (default 0)")
     g.add_argument("--disc-weight", type=float, default=None,
-                   help="factor on the adaptive adversarial weight (default 0.8)")
+                   help="factor on the adaptive adversarial weight (default 0.1; the paper 0.8)")
     g.add_argument("--disc-lr", type=float, default=None, help="discriminator lr (default 2e-4)")
-    g.add_argument("--disc-width", type=positive_int, default=None, help="default 64")
+    g.add_argument("--disc-width", type=positive_int, default=None,
+                   help="first-layer channels (default by image size: 16 up to 32 px, else 64)")
     g.add_argument("--disc-layers", type=positive_int, default=None,
                    help="stride-2 layers (default by image size: 1 at 28-32 px, 16 px patches)")
     g.add_argument("--rec-loss", choices=["mse", "l1"], default=None,
