@@ -76,6 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vqgen {args.verb}: interrupted; re-run the same command to continue "
               "(training: add --resume)", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Destroy a DDP run's process group (Lightning leaves it open) while the interpreter
+    is alive: otherwise gloo's threads can outlive it and abort a run that succeeded
+    (SIGABRT, "terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def one_line(e: BaseException) -> str:

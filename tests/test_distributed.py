@@ -129,3 +129,21 @@ def test_impossible_device_request_is_one_line(tiny_vqvae_run: Path, tmp_path: P
     assert rc == 2 and err.startswith("vqgen encode: error:") and len(err.splitlines()) == 1, err
     assert "gpu" in err.lower()
     assert not (tmp_path / "c").exists()
+
+
+def test_cli_closes_the_process_group(tmp_path: Path):
+    """A DDP run's process group is destroyed before `vqgen` returns (whatever the outcome):
+    left to interpreter exit, gloo's threads can abort a run that succeeded (rc -6)."""
+    import torch.distributed as dist
+
+    from vqgen.pipeline.cli import main
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        assert main(["sample", "--prior", str(tmp_path / "missing.ckpt"), "--out",
+                     str(tmp_path / "out")]) == 2
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
