@@ -88,6 +88,7 @@ def main() -> None:
     names = list(runs)
     report = evaluate(runs[names[0]], None, None, root / "report", overwrite=True,
                       compare=[runs[n] for n in names[1:]], device="cpu",
+                      num_samples=args.num_samples,
                       classifier_cache=root / "classifier", log=lambda s: None)
     rows = {n: r for n, r in zip(names, report["comparison"]["rows"], strict=True)}
     result: dict = {"data": args.data, "budget_s_per_model": args.budget,
@@ -114,6 +115,11 @@ def main() -> None:
             if name != "vae":
                 result["models"][name]["samples"] = prior_samples(
                     runs[name], root / name, args, classifier_cache=root / "classifier")
+        if "vq" in rows and "vae" in rows:
+            # unconditional samples of each: the VAE's z ~ N(0, I), the VQ-VAE's prior's
+            result["vae_vs_vqvae"]["sample_fd"] = {
+                "vae": rows["vae"]["sample_fd"],
+                "vqvae": result["models"]["vq"]["samples"].get("unconditional", {}).get("fd")}
     print(json.dumps(result, indent=2, default=str))
 
 

@@ -194,7 +194,7 @@ def evaluate(
             report["comparison"] = _comparison_section(
                 [(vqvae_path, lit), *others], train_ds, eval_ds, tmp, images, notes,
                 config=config, batch_size=batch_size, device=device, cache_dir=cache_dir,
-                seed=seed, log=log)
+                seed=seed, num_samples=num_samples, log=log)
             timings["comparison"] = time.monotonic() - t0
 
         if prior is None:
@@ -266,7 +266,7 @@ def evaluate(
 
 def _comparison_section(models: list, train_ds, eval_ds, tmp: Path, images: dict, notes: Notes,
                         *, config: dict, batch_size: int, device: str, cache_dir: Path,
-                        seed: int, log: Callable[[str], None]) -> dict:
+                        seed: int, num_samples: int, log: Callable[[str], None]) -> dict:
     """The side-by-side table and figure of :mod:`pipeline.evaluation.compare`."""
     from vqgen.pipeline.evaluation import compare as C
     from vqgen.pipeline.evaluation.classifier import classify
@@ -298,7 +298,8 @@ def _comparison_section(models: list, train_ds, eval_ds, tmp: Path, images: dict
                        if has_codes(lit) else None)
         name = f"{C.kind_of(lit)} ({Path(path).parent.name or Path(path).stem})"
         rows.append(C.model_row(name, lit, str(path), passed, train_codes=train_codes,
-                                classifier=classifier, real_features=real_feats, device=device))
+                                classifier=classifier, real_features=real_feats, device=device,
+                                num_samples=num_samples, seed=seed))
         passes.append(passed)
         names.append(name)
         log(f"compare: {name}: PSNR {rows[-1]['psnr_db']:.2f} dB, sharpness "
@@ -311,7 +312,10 @@ def _comparison_section(models: list, train_ds, eval_ds, tmp: Path, images: dict
                            "the originals (1 = as sharp as the data)",
         "rfd": "Fréchet distance between the classifier features of the reconstructions and "
                "of the same originals",
-        "bits_per_dim": C.BITS_PER_DIM_DEFINITION}}
+        "bits_per_dim": C.BITS_PER_DIM_DEFINITION,
+        "sample_fd": "Gaussian VAE only: Fréchet distance between the classifier features of "
+                     "decodes of z ~ N(0, I) and of the originals (a VQ model's samples need a "
+                     "prior: --prior scores the main model's)"}}
 
 
 def _samples_section(prior, lit, train_ds, eval_ds, tmp: Path, images: dict, notes: Notes,

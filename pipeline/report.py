@@ -206,9 +206,10 @@ def write_html(report: dict, path: str | os.PathLike) -> None:
     if cmp:
         parts.append("<h2>Stage-one models side by side</h2>")
         parts.append(_table(
-            ["model", "PSNR (dB)", "SSIM", "sharpness ratio", "rFD", "bits/dim", "codebook usage"],
+            ["model", "PSNR (dB)", "SSIM", "sharpness ratio", "rFD", "bits/dim", "codebook usage",
+             "sample FD (VAE: z ~ N(0, I))"],
             [[r["name"], r["psnr_db"], r["ssim"], r["sharpness_ratio"], r["rfd"],
-              r["bits_per_dim"], r["codebook_usage"]] for r in cmp["rows"]]))
+              r["bits_per_dim"], r["codebook_usage"], r.get("sample_fd")] for r in cmp["rows"]]))
         parts.append("<ul>" + "".join(f"<li>{_e(k)}: {_e(v)}</li>"
                                       for k, v in cmp["definitions"].items()) + "</ul>")
         parts.append(_img(images, "comparison", "the same held-out images, reconstructed by each model"))

@@ -264,6 +264,10 @@ def test_readme_compare_command(family_runs: dict[str, Path], tmp_path: Path, mo
     assert rows[0]["psnr_db"] == pytest.approx(report["stage1"]["psnr_db"], abs=1e-6)
     assert rows[0]["codebook_usage"] == pytest.approx(report["stage1"]["codebook_usage"])
     assert rows[2]["codebook_usage"] is None
+    # the VAE's own samples (z ~ N(0, I)) are scored beside its reconstructions (other
+    # images: another distance); a VQ model's samples need a prior
+    assert rows[0]["sample_fd"] is None and rows[1]["sample_fd"] is None
+    assert rows[2]["sample_fd"] >= 0 and abs(rows[2]["sample_fd"] - rows[2]["rfd"]) > 1e-3
     assert (out / "comparison.png").is_file() and "side by side" in (out / "index.html").read_text()
     # a Gaussian VAE as the main model: no code-based section, still compared
     rep2 = tmp_path / "report2"
@@ -273,3 +277,4 @@ def test_readme_compare_command(family_runs: dict[str, Path], tmp_path: Path, mo
     r2 = json.loads((rep2 / "metrics.json").read_text())
     assert r2["stage1"] is None and len(r2["comparison"]["rows"]) == 2
     assert r2["comparison"]["rows"][0]["psnr_db"] == pytest.approx(rows[2]["psnr_db"])
+    assert r2["comparison"]["rows"][0]["sample_fd"] == pytest.approx(rows[2]["sample_fd"])

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from vqgen.pipeline import metrics as M
 from vqgen.pipeline.evaluation.classifier import classify
+from vqgen.pipeline.generate import sample_gaussian
 from vqgen.stage1_vqvae.likelihood import SIGMA_GRID
 
 BITS_PER_DIM_DEFINITION = (
@@ -94,8 +95,13 @@ def unigram_code_bits(train_codes: np.ndarray | Tensor, codes: Tensor, num_codes
 
 def model_row(name: str, lit, path: str, passed: dict, *, train_codes: np.ndarray | None = None,
               classifier=None, real_features: np.ndarray | None = None,
-              device: str = "cpu") -> dict:
-    """The comparison row of one model from its :func:`reconstruct_all` pass (JSON-ready)."""
+              device: str = "cpu", num_samples: int = 0, seed: int = 0) -> dict:
+    """The comparison row of one model from its :func:`reconstruct_all` pass (JSON-ready).
+
+    A Gaussian VAE's row also has ``sample_fd``: the Fréchet distance of ``num_samples``
+    decodes of z ~ N(0, I) (its own prior; seed ``seed``) to the held-out originals'
+    classifier features. A VQ model's samples need a stage-two prior (``evaluate --prior``
+    scores the main model's), so its ``sample_fd`` is None."""
     x, r = passed["originals"], passed["recon"]
     n, dims = x.shape[0], int(x[0].numel())
     mse = float((r.double() - x.double()).pow(2).mean())
@@ -104,10 +110,15 @@ def model_row(name: str, lit, path: str, passed: dict, *, train_codes: np.ndarra
            "psnr_db": M.psnr_from_mse(mse), "mse": mse,
            "ssim": float(M.ssim(x, r).mean()) if min(h, w) >= 11 else None,
            "sharpness_ratio": sharpness_ratio(r, x), "rfd": None,
-           "codebook_usage": None, "codes_used": None, "num_codes": None}
+           "codebook_usage": None, "codes_used": None, "num_codes": None, "sample_fd": None}
     if classifier is not None and real_features is not None:
         feats, _ = classify(classifier, M.quantize_8bit(r), device=device)
         row["rfd"] = M.frechet_distance(feats, real_features)
+        if "codes" not in passed and num_samples > 0:
+            drawn = sample_gaussian(lit, num_samples, seed=seed, device=device).images
+            feats, _ = classify(classifier, M.quantize_8bit(drawn), device=device)
+            row["sample_fd"] = M.frechet_distance(feats, real_features)
+            row["sample_fd_of"] = f"{num_samples} decodes of z ~ N(0, I)"
     if "codes" in passed:
         k = int(lit.num_codes)
         counts = np.bincount(passed["codes"].numpy().ravel(), minlength=k)
@@ -145,10 +156,12 @@ def comparison_table(rows: Sequence[dict]) -> str:
     def f(v, spec):
         return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
-    head = f"  {'model':<22} {'PSNR':>6} {'SSIM':>6} {'sharp':>6} {'rFD':>8} {'bits/dim':>8} {'usage':>6}"
+    head = (f"  {'model':<22} {'PSNR':>6} {'SSIM':>6} {'sharp':>6} {'rFD':>8} {'bits/dim':>8} "
+            f"{'usage':>6} {'sampleFD':>8}")
     lines = [head]
     for r in rows:
         lines.append(f"  {r['name'][:22]:<22} {f(r['psnr_db'], '.2f'):>6} {f(r['ssim'], '.3f'):>6} "
                      f"{f(r['sharpness_ratio'], '.3f'):>6} {f(r['rfd'], '.2f'):>8} "
-                     f"{f(r['bits_per_dim'], '.3f'):>8} {f(r['codebook_usage'], '.1%'):>6}")
+                     f"{f(r['bits_per_dim'], '.3f'):>8} {f(r['codebook_usage'], '.1%'):>6} "
+                     f"{f(r.get('sample_fd'), '.2f'):>8}")
     return "\n".join(lines)
