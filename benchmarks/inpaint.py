@@ -68,11 +68,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from vqgen.pipeline.candidates import class_log_likelihoods
     from vqgen.pipeline.commands.inpaint import DEFAULT_REPAIR_THRESHOLD
     from vqgen.pipeline.evaluation.classifier import classify, get_classifier
     from vqgen.pipeline.evaluation.data import eval_datasets
     from vqgen.pipeline.generate import load_pair
-    from vqgen.pipeline.inpaint import class_log_likelihoods, inpaint, repair_mask, surprisal
+    from vqgen.pipeline.inpaint import inpaint, repair_mask, surprisal
     from vqgen.pipeline.masks import box_mask, code_to_pixel_mask, pixel_to_code_mask
 
     t_start = time.perf_counter()

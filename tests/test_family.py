@@ -94,16 +94,8 @@ def test_the_adversarial_term_moves_the_generator_against_the_discriminator(tmp_
     images); judged by it, the generator that took the adversarial gradient has the lower
     generator loss -mean D(G(x)). Disconnect the term (detach the reconstruction on its path,
     drop the weight) and the two generators are equal, and this fails."""
-    common = {**TINY_VQ, "gan": True, "disc_width": 8, "perceptual": "none", "disc_start": 0,
-              "warmup_steps": 1, "lr": 1e-3}
-    ckpts = {}
-    for name, weight in (("adv", 0.8), ("none", 0.0)):
-        _train(tmp_path / name, {**common, "disc_weight": weight}, max_steps=1,
-               checkpoint_every_steps=0)
-        ckpts[name] = load_vqvae(tmp_path / name / "last.ckpt")
-    sa, sn = ckpts["adv"].state_dict(), ckpts["none"].state_dict()
-    assert not _same(sa, sn, "discriminator.")
-    assert _same(sa, sn, "model.decoder.")
+    ckpts = _one_step_each(tmp_path, {"perceptual": "none"},
+                           {"adv": {"disc_weight": 0.8}, "none": {"disc_weight": 0.0}})
     images = _val_images(64)
     disc = ckpts["adv"].discriminator.eval()
     with torch.no_grad():
@@ -118,16 +110,8 @@ def test_feature_matching_moves_the_generator_towards_the_originals_features(tmp
     either): the discriminator after the step is the same in both; in its features, the
     reconstructions of the generator that took the feature gradient are the closer to the
     originals'. Drop or disconnect the term and the generators are equal: this fails."""
-    common = {**TINY_VQ, "gan": True, "disc_width": 8, "disc_weight": 0.0, "disc_start": 0,
-              "warmup_steps": 1, "lr": 1e-3}
-    ckpts = {}
-    for name in ("features", "none"):
-        _train(tmp_path / name, {**common, "perceptual": name}, max_steps=1,
-               checkpoint_every_steps=0)
-        ckpts[name] = load_vqvae(tmp_path / name / "last.ckpt")
-    sf, sn = ckpts["features"].state_dict(), ckpts["none"].state_dict()
-    assert not _same(sf, sn, "discriminator.")
-    assert _same(sf, sn, "model.decoder.")
+    ckpts = _one_step_each(tmp_path, {"disc_weight": 0.0},
+                           {"features": {"perceptual": "features"}, "none": {"perceptual": "none"}})
     images = _val_images(64)
     disc = ckpts["features"].discriminator.eval()
     with torch.no_grad():
@@ -135,6 +119,22 @@ def test_feature_matching_moves_the_generator_towards_the_originals_features(tmp
         losses = {name: float(gan.feature_matching_loss(disc(lit.model(images)[0])[1], real))
                   for name, lit in ckpts.items()}
     assert losses["features"] < losses["none"], losses
+
+
+def _one_step_each(tmp_path: Path, shared: dict, variants: dict[str, dict]) -> dict:
+    """One VQ-GAN training step per variant from the same start (discriminator on from step
+    0) -> {name: loaded model}; checks the two discriminators took the same step (they saw
+    the same images) and the two decoders did not."""
+    common = {**TINY_VQ, "gan": True, "disc_width": 8, "disc_start": 0, "warmup_steps": 1,
+              "lr": 1e-3, **shared}
+    ckpts = {}
+    for name, args in variants.items():
+        _train(tmp_path / name, {**common, **args}, max_steps=1, checkpoint_every_steps=0)
+        ckpts[name] = load_vqvae(tmp_path / name / "last.ckpt")
+    a, b = (lit.state_dict() for lit in ckpts.values())
+    assert not _same(a, b, "discriminator.")
+    assert _same(a, b, "model.decoder.")
+    return ckpts
 
 
 def _val_images(n: int) -> torch.Tensor:

@@ -23,16 +23,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tests.test_cli_stage1 import assert_usage_error, run, tree
+from vqgen.pipeline.candidates import draw_candidates, effective_sample_size, select_candidates
 from vqgen.pipeline.defaults import EXAMPLES
 from vqgen.pipeline.generate import load_pair
-from vqgen.pipeline.inpaint import (
-    draw_candidates,
-    effective_sample_size,
-    inpaint,
-    repair_mask,
-    select_candidates,
-    surprisal,
-)
+from vqgen.pipeline.inpaint import inpaint, repair_mask, surprisal
 from vqgen.pipeline.masks import (
     box_mask,
     code_to_pixel_mask,
