@@ -29,34 +29,25 @@ def image_size_arg(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
-    return v
+def _number_arg(cast: Callable[[str], float], ok: Callable[[float], bool], expected: str):
+    """An argparse type: ``cast(text)``, then ``ok(value)``; either failing gives one line
+    naming the text and what was expected."""
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {expected}")
+        return v
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return v
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
-    return v
+positive_int = _number_arg(int, lambda v: v > 0, "a positive integer")
+non_negative_int = _number_arg(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number_arg(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
+non_negative_float = _number_arg(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
+unit_float = _number_arg(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")  # a decay, a probability
 
 
 def workers_arg(text: str) -> int | str:
@@ -75,27 +66,6 @@ WORKERS_HELP = ("DataLoader worker processes: auto (default) = min(CPUs per devi
 
 def add_workers_arg(g) -> None:
     g.add_argument("--num-workers", type=workers_arg, default="auto", help=WORKERS_HELP)
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0") from None
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
-    return v
-
-
-def unit_float(text: str) -> float:
-    """A number in [0, 1] (a decay or a probability)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1]") from None
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1]")
-    return v
 
 
 MAX_SEED = 2**32 - 1  # what every seeded library here accepts (Lightning's seed_everything)
