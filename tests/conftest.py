@@ -106,3 +106,25 @@ def tiny_prior_run(tiny_vqvae_run: Path, tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("tiny_prior") / "run"
     assert main(train_prior_argv(tiny_vqvae_run / "codes", out, "--cond-drop", "0.5")) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_uncond_prior(tiny_vqvae_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny unconditional prior: trained once for the session on ``tiny_vqvae_run``'s codes
+    with their labels removed. Returns its last.ckpt. Read-only."""
+    import shutil
+
+    from tests.test_cli_stage2 import rewrite_meta
+    from tests.test_prior import train_prior_argv
+    from vqgen.pipeline.cli import main
+    from vqgen.stage2_prior.lit import load_prior
+
+    root = tmp_path_factory.mktemp("uncond")
+    codes = root / "codes"
+    shutil.copytree(tiny_vqvae_run / "codes", codes)
+    for split in ("train", "val"):
+        (codes / split / "labels.npy").unlink()
+        rewrite_meta(codes / split, num_classes=0, class_names=[])
+    assert main(train_prior_argv(codes, root / "prior")) == 0
+    assert load_prior(root / "prior" / "last.ckpt").hparams.num_classes == 0
+    return root / "prior" / "last.ckpt"

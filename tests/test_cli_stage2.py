@@ -60,18 +60,6 @@ def prior_ckpt(prior_run: Path) -> Path:
     return prior_run / "last.ckpt"
 
 
-@pytest.fixture(scope="module")
-def uncond_prior(tiny_vqvae_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A prior trained on the shared codes with their labels removed (unconditional)."""
-    root = tmp_path_factory.mktemp("uncond")
-    codes = root / "codes"
-    shutil.copytree(tiny_vqvae_run / "codes", codes)
-    for split in ("train", "val"):
-        (codes / split / "labels.npy").unlink()
-        rewrite_meta(codes / split, num_classes=0, class_names=[])
-    assert main(train_prior_argv(codes, root / "prior")) == 0
-    assert load_prior(root / "prior" / "last.ckpt").hparams.num_classes == 0
-    return root / "prior" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -250,9 +238,9 @@ def test_vqvae_comes_from_the_prior_and_vqvae_overrides(prior_ckpt: Path, tiny_v
         (tmp_path / "found" / "grid.png").read_bytes()
 
 
-def test_unconditional_prior_samples(uncond_prior: Path, tmp_path: Path, capsys):
+def test_unconditional_prior_samples(tiny_uncond_prior: Path, tmp_path: Path, capsys):
     out = tmp_path / "s"
-    rc, _, err = run(capsys, *sample_argv(uncond_prior, out, "--num", "3"))
+    rc, _, err = run(capsys, *sample_argv(tiny_uncond_prior, out, "--num", "3"))
     assert rc == 0, err
     codes, labels, _ = read_samples(out)
     assert codes.shape == (3, 7, 7) and labels is None
@@ -402,9 +390,9 @@ def test_bad_sampling_options(case, prior_ckpt: Path, tmp_path: Path, capsys):
 
 
 @pytest.mark.parametrize("extra", [["--class", "3"], ["--per-class", "2"]])
-def test_class_for_an_unconditional_prior(extra, uncond_prior: Path, tmp_path: Path, capsys):
+def test_class_for_an_unconditional_prior(extra, tiny_uncond_prior: Path, tmp_path: Path, capsys):
     out = tmp_path / "s"
-    rc, _, err = run(capsys, *sample_argv(uncond_prior, out, *extra))
+    rc, _, err = run(capsys, *sample_argv(tiny_uncond_prior, out, *extra))
     assert_usage_error(rc, err, "sample", "unconditional")
     assert not out.exists()
 

@@ -408,19 +408,9 @@ def test_copied_file_still_decodes(val_file, tmp_path, pair):
     assert dec.codes.shape == (500, 7, 7)
 
 
-def test_unconditional_prior_round_trip(tiny_vqvae_run, val, tmp_path):
+def test_unconditional_prior_round_trip(tiny_uncond_prior, val):
     """An unconditional prior codes no labels (they are ignored), and still round-trips."""
-    from tests.test_cli_stage2 import rewrite_meta
-    from tests.test_prior import train_prior_argv
-    from vqgen.pipeline.cli import main
-
-    codes_dir = tmp_path / "codes"
-    shutil.copytree(tiny_vqvae_run / "codes", codes_dir)
-    for split in ("train", "val"):
-        (codes_dir / split / "labels.npy").unlink()
-        rewrite_meta(codes_dir / split, num_classes=0, class_names=[])
-    assert main(train_prior_argv(codes_dir, tmp_path / "prior")) == 0
-    prior, vqvae = load_pair(tmp_path / "prior" / "last.ckpt")
+    prior, vqvae = load_pair(tiny_uncond_prior)
     codes, labels = val
     res = compress_codes(prior, vqvae, codes, labels, batch_size=16)
     dec = decode_codes(res.data, prior, vqvae)

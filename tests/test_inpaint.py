@@ -519,21 +519,6 @@ def test_readme_example_runs_on_tiny_fixtures(verb, tiny_prior_run: Path, tmp_pa
 # ------------------------------------------------------------------------ bad input
 
 
-@pytest.fixture(scope="module")
-def uncond_prior_ckpt(tiny_vqvae_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import shutil
-
-    from tests.test_cli_stage2 import rewrite_meta
-    from tests.test_prior import train_prior_argv
-    from vqgen.pipeline.cli import main
-
-    root = tmp_path_factory.mktemp("uncond_inpaint")
-    shutil.copytree(tiny_vqvae_run / "codes", root / "codes")
-    for split in ("train", "val"):
-        (root / "codes" / split / "labels.npy").unlink()
-        rewrite_meta(root / "codes" / split, num_classes=0, class_names=[])
-    assert main(train_prior_argv(root / "codes", root / "prior")) == 0
-    return root / "prior" / "last.ckpt"
 
 
 def _not_an_image(tmp_path: Path) -> Path:
@@ -584,11 +569,11 @@ def test_image_that_cannot_be_read(tiny_prior_run: Path, tmp_path: Path, capsys)
 
 
 @pytest.mark.parametrize("verb", ["inpaint", "repair"])
-def test_class_on_an_unconditional_prior(verb, uncond_prior_ckpt: Path, tmp_path: Path, capsys):
-    rc, _, err = run(capsys, verb, "--prior", uncond_prior_ckpt, "--device", "cpu",
+def test_class_on_an_unconditional_prior(verb, tiny_uncond_prior: Path, tmp_path: Path, capsys):
+    rc, _, err = run(capsys, verb, "--prior", tiny_uncond_prior, "--device", "cpu",
                      *data_args("0:2"), "--box", "0,0,9,9", "--class", "3", "--out",
                      tmp_path / "out") if verb == "inpaint" else \
-        run(capsys, verb, "--prior", uncond_prior_ckpt, "--device", "cpu", *data_args("0:2"),
+        run(capsys, verb, "--prior", tiny_uncond_prior, "--device", "cpu", *data_args("0:2"),
             "--class", "3", "--out", tmp_path / "out")
     assert_usage_error(rc, err, verb, "unconditional")
     assert not (tmp_path / "out").exists()
