@@ -160,6 +160,23 @@ def _upload(page, elem_id: str, path: Path) -> None:
     raise AssertionError(f"{path.name} did not show up in #{elem_id}")
 
 
+def _paint_a_random_item(page) -> None:
+    """Complete / repair tab: load a random held-out item and paint one diagonal brush
+    stroke across the middle of the canvas."""
+    page.get_by_role("tab", name="Complete / repair").click()
+    page.click("#complete-random")
+    page.wait_for_function("document.querySelector('#complete-caption').innerText"
+                           ".includes('validation item')")
+    page.click("#complete-editor button[aria-label='Brush']")
+    canvas = page.locator("#complete-editor canvas").first.bounding_box()
+    cx, cy = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
+    page.mouse.move(cx - 50, cy - 10)
+    page.mouse.down()
+    for k in range(15):
+        page.mouse.move(cx - 50 + 5 * k, cy - 10 + k)
+    page.mouse.up()
+
+
 def _status(page, elem_id: str) -> str:
     return page.inner_text(f"#{elem_id}").strip()
 
@@ -222,18 +239,7 @@ def test_paint_a_stroke_and_complete(browser, served, tmp_path):
     painted code cells were regenerated, and they are `vqgen inpaint --image --mask`'s
     files for the image and mask the page sent."""
     page = _page(browser, served, tmp_path)
-    page.get_by_role("tab", name="Complete / repair").click()
-    page.click("#complete-random")
-    page.wait_for_function("document.querySelector('#complete-caption').innerText"
-                           ".includes('validation item')")
-    page.click("#complete-editor button[aria-label='Brush']")
-    canvas = page.locator("#complete-editor canvas").first.bounding_box()
-    cx, cy = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
-    page.mouse.move(cx - 50, cy - 10)
-    page.mouse.down()
-    for k in range(15):
-        page.mouse.move(cx - 50 + 5 * k, cy - 10 + k)
-    page.mouse.up()
+    _paint_a_random_item(page)
     page.screenshot(path=str(tmp_path / "painted.png"))
     old = _status(page, "complete-status")
     page.click("#complete-button")
@@ -338,17 +344,7 @@ def test_timings(browser, served, tmp_path, tiny_prior_run):
             t0 = time.perf_counter()
             _wait_images(page, "sample-gallery", 16, "sample-status", old)
             times["sample_16"].append(time.perf_counter() - t0)
-        page.get_by_role("tab", name="Complete / repair").click()
-        page.click("#complete-random")
-        page.wait_for_function("document.querySelector('#complete-caption').innerText"
-                               ".includes('validation item')")
-        page.click("#complete-editor button[aria-label='Brush']")
-        box = page.locator("#complete-editor canvas").first.bounding_box()
-        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        page.mouse.move(cx - 50, cy)
-        page.mouse.down()
-        page.mouse.move(cx + 50, cy, steps=10)
-        page.mouse.up()
+        _paint_a_random_item(page)
         for seed in range(3):
             page.locator("#complete-seed input").fill(str(seed))
             page.locator("#complete-seed input").press("Tab")
