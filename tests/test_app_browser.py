@@ -149,8 +149,13 @@ def _wait_images(page, elem_id: str, n: int, status_id: str, old_status: str,
 
 def _upload(page, elem_id: str, path: Path) -> None:
     """Choose a file in a file component and wait until it lists it. A choice made while
-    the freshly shown tab is still mounting is sometimes dropped: choose again then."""
-    for _ in range(3):
+    the freshly shown tab is still mounting is sometimes dropped: choose again then, after
+    clearing the component (a choice that was only slow to show would otherwise be sent
+    twice by a multi-file component)."""
+    for attempt in range(3):
+        clear = page.locator(f"#{elem_id} button[aria-label='Clear']")
+        if attempt and clear.count():
+            clear.first.click()
         page.set_input_files(f"#{elem_id} input[type=file]", str(path))
         try:
             page.wait_for_selector(f"#{elem_id} :text('{path.name}')", timeout=10_000)
