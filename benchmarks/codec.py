@@ -39,8 +39,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from vqgen.pipeline import metrics as M  # noqa: E402
-from vqgen.pipeline.baselines import roundtrip  # noqa: E402
-from vqgen.pipeline.codec import (  # noqa: E402
+from vqgen.pipeline.codec.baselines import roundtrip  # noqa: E402
+from vqgen.pipeline.codec.coder import (  # noqa: E402
     build_report,
     compress_codes,
     decode_codes,

@@ -53,8 +53,8 @@ def main() -> None:
     extra = [e for e in extra if e != "--"]
 
     from vqgen.pipeline.cli import build_parser
-    from vqgen.pipeline.commands.stage1 import vqvae_config
-    from vqgen.pipeline.evaluate import evaluate
+    from vqgen.pipeline.cli.stage1 import vqvae_config
+    from vqgen.pipeline.evaluation.evaluate import evaluate
     from vqgen.stage1_vqvae.train import train_vqvae
 
     tmp = tempfile.TemporaryDirectory()
@@ -127,8 +127,8 @@ def prior_samples(ckpt: Path, run: Path, args: argparse.Namespace, *, classifier
     """Encode ``ckpt``'s data, train a prior on the codes for ``args.prior_budget`` seconds
     (train-prior's defaults), and return the sample scores of ``evaluate --prior``."""
     from vqgen.pipeline.cli import build_parser, main
-    from vqgen.pipeline.commands.stage2 import prior_config
-    from vqgen.pipeline.evaluate import evaluate
+    from vqgen.pipeline.cli.stage2 import prior_config
+    from vqgen.pipeline.evaluation.evaluate import evaluate
     from vqgen.stage2_prior.train import train_prior
 
     codes, prior_dir = run / "codes", run / "prior"

@@ -3,7 +3,7 @@
 Prints one JSON line with at least:
 
 - ``inpaint_class_acc`` {mask: {"prefix", "importance", ...}}: the project's classifier
-  (``pipeline.evaluate.get_classifier``) on one completion per val digit, completed
+  (``pipeline.evaluation.evaluate.get_classifier``) on one completion per val digit, completed
   *without* the class, by prefix-only sampling from the null class (known codes after the
   mask ignored) and by importance resampling of ``--candidates`` proposals as ``vqgen
   inpaint`` does by default (the class inferred: candidates drawn under every class);
@@ -68,13 +68,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from vqgen.pipeline.candidates import class_log_likelihoods
-    from vqgen.pipeline.commands.inpaint import DEFAULT_REPAIR_THRESHOLD
+    from vqgen.pipeline.cli.inpaint import DEFAULT_REPAIR_THRESHOLD
+    from vqgen.pipeline.edit.candidates import class_log_likelihoods
+    from vqgen.pipeline.edit.inpaint import inpaint, repair_mask, surprisal
+    from vqgen.pipeline.edit.masks import box_mask, code_to_pixel_mask, pixel_to_code_mask
     from vqgen.pipeline.evaluation.classifier import classify, get_classifier
     from vqgen.pipeline.evaluation.data import eval_datasets
     from vqgen.pipeline.generate import load_pair
-    from vqgen.pipeline.inpaint import inpaint, repair_mask, surprisal
-    from vqgen.pipeline.masks import box_mask, code_to_pixel_mask, pixel_to_code_mask
 
     t_start = time.perf_counter()
     demo = Path(args.demo)

@@ -28,9 +28,9 @@ def _mark_done(folder: Path, info: dict) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Path]:
-    from vqgen.pipeline.commands.common import resolve_device
-    from vqgen.pipeline.commands.stage1 import add_train_vqvae, vqvae_config
-    from vqgen.pipeline.commands.stage2 import add_train_prior, prior_config
+    from vqgen.pipeline.cli.common import resolve_device
+    from vqgen.pipeline.cli.stage1 import add_train_vqvae, vqvae_config
+    from vqgen.pipeline.cli.stage2 import add_train_prior, prior_config
     from vqgen.pipeline.generate import load_pair, make_labels, sample, write_samples
     from vqgen.stage1_vqvae.train import train_vqvae
     from vqgen.stage2_prior.train import train_prior

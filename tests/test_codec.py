@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import vqgen.pipeline.codec as codec
+import vqgen.pipeline.codec.coder as codec
 from tests.test_cli_stage1 import assert_usage_error, run, tree
-from vqgen.pipeline.codec import (
+from vqgen.pipeline.codec.coder import (
     build_report,
     compress,
     compress_codes,
@@ -25,8 +25,8 @@ from vqgen.pipeline.codec import (
     encode_batches,
     open_vqz,
 )
+from vqgen.pipeline.codec.vqz import FORMAT_VERSION, VqzError, read_header
 from vqgen.pipeline.generate import MismatchError, load_pair
-from vqgen.pipeline.vqz import FORMAT_VERSION, VqzError, read_header
 from vqgen.stage1_vqvae.codes import read_code_maps
 from vqgen.stage1_vqvae.data import build_dataset
 from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
@@ -84,7 +84,7 @@ def test_the_scan_runs_on_one_thread_whatever_the_process_uses(pair, val, enc_th
     re-split) their sums, changing the probabilities' last bits: a file made by a 1-thread
     `vqgen serve` failed to decode in a 2-thread process under CI load. Encoder and decoder
     scan on one thread; the caller's setting is restored."""
-    from vqgen.pipeline import codec
+    from vqgen.pipeline.codec import coder as codec
 
     seen: list[int] = []
     inner = codec.scan_codes

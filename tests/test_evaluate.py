@@ -23,15 +23,15 @@ from tests.conftest import TINY_NUM_CODES
 from tests.test_cli_stage2 import save_vqvae_checkpoint
 from tests.test_prior import tiny_prior, train_prior_argv
 from vqgen.pipeline.cli import main
-from vqgen.pipeline.commands.evaluate import add_evaluate
+from vqgen.pipeline.cli.evaluate import add_evaluate
 from vqgen.pipeline.defaults import DEMO_GUIDANCE, DEMO_TEMPERATURE, EXAMPLES
-from vqgen.pipeline.evaluate import evaluate
 from vqgen.pipeline.evaluation.classifier import CLASSIFIER_CONFIG
 from vqgen.pipeline.evaluation.data import eval_datasets
+from vqgen.pipeline.evaluation.evaluate import evaluate
+from vqgen.pipeline.evaluation.report import plot_curves, read_training_logs
 from vqgen.pipeline.evaluation.samples import even_labels
 from vqgen.pipeline.evaluation.stage2 import BOUND_FORMULA, prior_metrics
 from vqgen.pipeline.generate import MismatchError, load_pair
-from vqgen.pipeline.report import plot_curves, read_training_logs
 
 N = 40  # samples of each kind
 TINY_CLASSIFIER = dict(CLASSIFIER_CONFIG, epochs=1, width=4, features=16)

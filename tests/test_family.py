@@ -269,7 +269,7 @@ def test_readme_compare_command(family_runs: dict[str, Path], tmp_path: Path, mo
     (a tiny scoring classifier): one table, one figure, consistent with the main report."""
     import json
 
-    import vqgen.pipeline.evaluate as evaluate_module
+    import vqgen.pipeline.evaluation.evaluate as evaluate_module
     from tests.test_evaluate import TINY_CLASSIFIER
 
     monkeypatch.setattr(evaluate_module, "CLASSIFIER_CONFIG", TINY_CLASSIFIER)

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from vqgen.pipeline.cli import build_parser
-from vqgen.pipeline.commands.stage1 import PRESET_NAMES, vqvae_config
-from vqgen.pipeline.commands.stage2 import prior_config
+from vqgen.pipeline.cli.stage1 import PRESET_NAMES, vqvae_config
+from vqgen.pipeline.cli.stage2 import prior_config
 from vqgen.stage1_vqvae.codes import FORMAT_VERSION
 from vqgen.stage1_vqvae.lit import PRESETS
 from vqgen.stage2_prior.layers import dependency_mask

@@ -1,4 +1,4 @@
-"""``pipeline.inpaint`` / ``pipeline.masks`` and the ``inpaint`` / ``repair`` verbs (issue 13).
+"""``pipeline.edit.inpaint`` / ``pipeline.edit.masks`` and the ``inpaint`` / ``repair`` verbs (issue 13).
 
 Properties on enumerable priors (2x2 grids, K=3, every grid listed): importance weights are
 joint / proposal with the proposal's temperature, top-k and guidance; resampling moves a
@@ -23,17 +23,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tests.test_cli_stage1 import assert_usage_error, run, tree
-from vqgen.pipeline.candidates import draw_candidates, effective_sample_size, select_candidates
 from vqgen.pipeline.defaults import EXAMPLES
-from vqgen.pipeline.generate import load_pair
-from vqgen.pipeline.inpaint import inpaint, repair_mask, surprisal
-from vqgen.pipeline.masks import (
+from vqgen.pipeline.edit.candidates import draw_candidates, effective_sample_size, select_candidates
+from vqgen.pipeline.edit.inpaint import inpaint, repair_mask, surprisal
+from vqgen.pipeline.edit.masks import (
     box_mask,
     code_to_pixel_mask,
     feather_weights,
     load_mask,
     pixel_to_code_mask,
 )
+from vqgen.pipeline.generate import load_pair
 from vqgen.stage1_vqvae.data import build_dataset
 from vqgen.stage1_vqvae.runtime.grid import to_uint8
 from vqgen.stage2_prior.lit import LitPrior

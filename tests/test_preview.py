@@ -57,7 +57,7 @@ def test_epoch_preview_shows_every_class(tiny_vqvae_run: Path, monkeypatch):
 
 
 def test_report_grid_uses_the_same_pick(tiny_vqvae_run: Path):
-    from vqgen.pipeline.evaluate import run_stage1
+    from vqgen.pipeline.evaluation.evaluate import run_stage1
     from vqgen.stage1_vqvae.data import build_dataset
     from vqgen.stage1_vqvae.lit import load_vqvae
 

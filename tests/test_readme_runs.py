@@ -28,9 +28,9 @@ from tests.test_evaluate import TINY_CLASSIFIER
 from tests.test_prior import TINY_PRIOR_ARGS
 from tests.test_readme import README_TEXT, vqgen_commands
 from vqgen.pipeline.cli import main
-from vqgen.pipeline.commands import serve as serve_verb
-from vqgen.pipeline.evaluate import CLASSIFIER_CONFIG
-from vqgen.pipeline.vqz import MAGIC
+from vqgen.pipeline.cli import serve as serve_verb
+from vqgen.pipeline.codec.vqz import MAGIC
+from vqgen.pipeline.evaluation.evaluate import CLASSIFIER_CONFIG
 from vqgen.stage1_vqvae import lit as stage1_lit
 from vqgen.stage1_vqvae.data import build_dataset
 from vqgen.stage1_vqvae.runtime.grid import save_png

@@ -15,8 +15,8 @@ import torch
 from tests.test_cli_stage1 import assert_usage_error
 from tests.test_evaluate import FAST_SIGMAS, TINY_CLASSIFIER, _write_pngs, prior_ckpt  # noqa: F401
 from vqgen.pipeline.cli import main
-from vqgen.pipeline.evaluate import evaluate
 from vqgen.pipeline.evaluation import inception
+from vqgen.pipeline.evaluation.evaluate import evaluate
 from vqgen.pipeline.evaluation.samples import precision_recall
 
 

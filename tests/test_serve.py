@@ -1,5 +1,5 @@
 """``vqgen serve`` without a browser: the verb's checks, the page's back end
-(``pipeline.serving.Server``) on bad uploads, and the codec baselines."""
+(``pipeline.serve.serving.Server``) on bad uploads, and the codec baselines."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from tests.test_cli_stage1 import assert_usage_error, run
-from vqgen.pipeline.baselines import lossy_at_psnr, png_baseline, psnr_u8
+from vqgen.pipeline.codec.baselines import lossy_at_psnr, png_baseline, psnr_u8
 from vqgen.stage1_vqvae.runtime.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_serve_refuses_a_taken_port_and_a_missing_prior(tiny_prior_run, capsys):
 
 @pytest.fixture(scope="module")
 def server(tiny_prior_run, tmp_path_factory):
-    from vqgen.pipeline.serving import Server
+    from vqgen.pipeline.serve.serving import Server
 
     return Server(tiny_prior_run / "last.ckpt", None, tmp_path_factory.mktemp("work"),
                   max_upload_mb=0.01)
@@ -73,7 +73,7 @@ def test_uploads_are_checked(server, tmp_path):
 
 def test_a_vqz_from_other_checkpoints_is_refused(server, tiny_prior_run, tmp_path):
     """Same weights, another checkpoint file: the .vqz names the file it was made with."""
-    from vqgen.pipeline.serving import Server
+    from vqgen.pipeline.serve.serving import Server
 
     img = server.new_folder("upload") / "x.png"
     Image.new("L", (28, 28), 255).save(img)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vqgen.pipeline.commands.common import (
+from vqgen.pipeline.cli.common import (
     add_verb,
     positive_int,
     seed_arg,

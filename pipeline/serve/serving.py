@@ -137,8 +137,8 @@ class Server:
     def _code_grid_overlay(self, image: torch.Tensor, code_mask: torch.Tensor, path: Path
                            ) -> Path:
         """The image with the masked code cells tinted red and the code grid drawn."""
-        from vqgen.pipeline.inpaint import masked_view
-        from vqgen.pipeline.masks import code_to_pixel_mask
+        from vqgen.pipeline.edit.inpaint import masked_view
+        from vqgen.pipeline.edit.masks import code_to_pixel_mask
 
         tinted = masked_view(image[None], code_to_pixel_mask(code_mask[None], self.image_size))
         self._view(tinted[0], path)
@@ -201,7 +201,7 @@ class Server:
 
     def _data(self):
         if self._dataset is None:
-            from vqgen.pipeline.commands.common import dataset_for
+            from vqgen.pipeline.cli.common import dataset_for
 
             args = SimpleNamespace(data=self.data, data_root=self.data_root, download=False,
                                    val_fraction=None)
@@ -228,8 +228,7 @@ class Server:
         file's size, True = regenerate), or with ``repair_fraction`` repair that share of
         the most surprising codes. Writes ``input.png`` and ``mask.png`` first, so
         ``vqgen inpaint --image input.png --mask mask.png`` reproduces the result."""
-        from vqgen.pipeline.generate import make_labels
-        from vqgen.pipeline.inpaint import (
+        from vqgen.pipeline.edit.inpaint import (
             check_repair_args,
             heat_map,
             inpaint,
@@ -237,7 +236,8 @@ class Server:
             surprisal,
             write_inpainting,
         )
-        from vqgen.pipeline.masks import code_to_pixel_mask, load_mask, pixel_to_code_mask
+        from vqgen.pipeline.edit.masks import code_to_pixel_mask, load_mask, pixel_to_code_mask
+        from vqgen.pipeline.generate import make_labels
 
         num = int(num)
         if not 1 <= num <= 64:
@@ -293,8 +293,8 @@ class Server:
     def compress(self, paths: list[str | os.PathLike]) -> Result:
         """Images -> one .vqz (as ``vqgen compress FILES``) and, per image, bits for ours
         vs PNG and JPEG / WebP at our PSNR."""
-        from vqgen.pipeline.baselines import lossy_at_psnr, png_baseline
-        from vqgen.pipeline.codec import build_report, compress_codes, encode_batches, pixels_per_image
+        from vqgen.pipeline.codec.baselines import lossy_at_psnr, png_baseline
+        from vqgen.pipeline.codec.coder import build_report, compress_codes, encode_batches, pixels_per_image
         from vqgen.stage1_vqvae.runtime.grid import to_uint8
 
         if not paths:
@@ -325,7 +325,7 @@ class Server:
 
     def decompress(self, path: str | os.PathLike) -> Result:
         """A .vqz made with these checkpoints -> its images (PNGs, as ``vqgen decompress``)."""
-        from vqgen.pipeline.codec import decode_codes, decode_images, open_vqz, output_names
+        from vqgen.pipeline.codec.coder import decode_codes, decode_images, open_vqz, output_names
         from vqgen.stage1_vqvae.runtime.grid import save_png
 
         p = self.check_upload(path, ".vqz file")
@@ -349,7 +349,7 @@ class Server:
     def model_card(self, num_images: int = 512) -> Result:
         """What the checkpoints are, the codebook usage on held-out images, and a few
         reconstructions. Data-dependent parts are skipped (with a note) without data."""
-        from vqgen.pipeline.report import plot_code_histogram, read_training_logs
+        from vqgen.pipeline.evaluation.report import plot_code_histogram, read_training_logs
         from vqgen.stage1_vqvae.runtime.grid import make_grid_image
 
         folder = self.new_folder("card")

@@ -1,7 +1,7 @@
 """The ``vqgen serve`` page (Gradio): Sample, Complete / repair, Compress, Model card.
 
 Imported only by the ``serve`` verb (Gradio is the optional ``app`` extra). The work is
-done by :class:`pipeline.serving.Server`; this module lays out the page and turns a
+done by :class:`pipeline.serve.serving.Server`; this module lays out the page and turns a
 :class:`~stage1_vqvae.runtime.errors.UserError` (or any failure) into a one-line error in
 the page, never a traceback. Offline: analytics off, system fonts only (the default theme
 would fetch Google Fonts).
@@ -20,7 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio i
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vqgen.pipeline.serving import NO_CLASS, Server, one_line  # noqa: E402
+from vqgen.pipeline.serve.serving import NO_CLASS, Server, one_line  # noqa: E402
 from vqgen.stage1_vqvae.runtime.errors import UserError  # noqa: E402
 
 CSS = """

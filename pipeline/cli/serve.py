@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vqgen.pipeline.commands.common import UsageError, add_verb, resolve_device
+from vqgen.pipeline.cli.common import UsageError, add_verb, resolve_device
 from vqgen.stage1_vqvae.runtime.errors import MissingInputError, UserError
 
 DEFAULT_PORT = 7860
@@ -80,12 +80,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     demo = None
     try:
-        from vqgen.pipeline.serving import Server
+        from vqgen.pipeline.serve.serving import Server
 
         server = Server(args.prior, args.vqvae, work, device=resolve_device(args.device),
                         max_upload_mb=args.max_upload_mb, data=args.data,
                         data_root=args.data_root)
-        from vqgen.pipeline.app import build, launch
+        from vqgen.pipeline.serve.app import build, launch
 
         demo = build(server)
         launch(demo, args.host, port, args.max_upload_mb, [str(work)])

@@ -1,5 +1,5 @@
 """Editing verbs: ``inpaint`` (complete a masked region) and ``repair`` (find the codes the
-prior finds unlikely and regenerate them). Thin wrappers over ``pipeline.inpaint``."""
+prior finds unlikely and regenerate them). Thin wrappers over ``pipeline.edit.inpaint``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from vqgen.pipeline.commands.common import (
+from vqgen.pipeline.cli.common import (
     UsageError,
     add_data_args,
     add_verb,
@@ -159,7 +159,7 @@ OUR_FILES = re.compile(r"(grid\.png|codes\.npy|labels\.npy|inpaint\.json|surpris
 def check_out(args: argparse.Namespace, verb: str) -> None:
     """The output-folder policy (runtime/outputs.py) with inpaint.json as the manifest; the
     images, mask and checkpoints of this command are inputs --out may not touch."""
-    from vqgen.pipeline.inpaint import INPAINT_MANIFEST
+    from vqgen.pipeline.edit.inpaint import INPAINT_MANIFEST
 
     inputs = [("--prior", args.prior), ("--vqvae", args.vqvae), ("--mask", getattr(args, "mask", None))]
     inputs += [("--image", p) for p in (args.image or [])]
@@ -202,7 +202,7 @@ def _settings(args: argparse.Namespace, verb: str, prior, vqvae, class_index, re
 
 
 def _run(args, verb, prior, vqvae, images, code_mask, pixel_mask, cond, device):
-    from vqgen.pipeline.inpaint import inpaint
+    from vqgen.pipeline.edit.inpaint import inpaint
 
     return inpaint(prior, vqvae, images, code_mask, num=args.num, num_candidates=args.candidates,
                    select="best" if args.best else "importance", labels=cond,
@@ -215,8 +215,8 @@ def _run(args, verb, prior, vqvae, images, code_mask, pixel_mask, cond, device):
 def cmd_inpaint(args: argparse.Namespace) -> int:
     import torch
 
-    from vqgen.pipeline.inpaint import write_inpainting
-    from vqgen.pipeline.masks import box_mask, load_mask, parse_box, pixel_to_code_mask
+    from vqgen.pipeline.edit.inpaint import write_inpainting
+    from vqgen.pipeline.edit.masks import box_mask, load_mask, parse_box, pixel_to_code_mask
 
     if args.mask is None and args.box is None:
         raise UsageError("no mask: give --mask FILE (white = regenerate), --box x0,y0,x1,y1, "
@@ -248,8 +248,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 def cmd_repair(args: argparse.Namespace) -> int:
     import torch
 
-    from vqgen.pipeline.inpaint import check_repair_args, repair_mask, surprisal, write_inpainting
-    from vqgen.pipeline.masks import code_to_pixel_mask
+    from vqgen.pipeline.edit.inpaint import check_repair_args, repair_mask, surprisal, write_inpainting
+    from vqgen.pipeline.edit.masks import code_to_pixel_mask
 
     threshold, fraction = args.threshold, args.fraction
     if threshold is None and fraction is None:

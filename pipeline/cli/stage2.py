@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vqgen.pipeline.commands.common import (
+from vqgen.pipeline.cli.common import (
     UsageError,
     add_trainer_args,
     add_verb,

@@ -10,13 +10,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from vqgen.pipeline.commands.codec import add_compress, add_decompress
-from vqgen.pipeline.commands.demo import add_demo
-from vqgen.pipeline.commands.evaluate import add_evaluate
-from vqgen.pipeline.commands.inpaint import add_inpaint, add_repair
-from vqgen.pipeline.commands.serve import add_serve
-from vqgen.pipeline.commands.stage1 import add_decode, add_encode, add_reconstruct, add_train_vqvae
-from vqgen.pipeline.commands.stage2 import add_sample, add_train_prior
+from vqgen.pipeline.cli.codec import add_compress, add_decompress
+from vqgen.pipeline.cli.demo import add_demo
+from vqgen.pipeline.cli.evaluate import add_evaluate
+from vqgen.pipeline.cli.inpaint import add_inpaint, add_repair
+from vqgen.pipeline.cli.serve import add_serve
+from vqgen.pipeline.cli.stage1 import add_decode, add_encode, add_reconstruct, add_train_vqvae
+from vqgen.pipeline.cli.stage2 import add_sample, add_train_prior
 from vqgen.pipeline.defaults import EXAMPLES
 from vqgen.stage1_vqvae.runtime.errors import UserError
 

@@ -1,7 +1,7 @@
 """Candidate completions of partly known code grids, drawn, scored and resampled.
 
 The prior is raster-ordered, so a masked position can only be *drawn* from the codes before
-it. Known codes after it must still count. ``pipeline.inpaint`` therefore draws ``candidates``
+it. Known codes after it must still count. ``pipeline.edit.inpaint`` therefore draws ``candidates``
 completions per image from the proposal q (known codes teacher-forced, masked ones sampled
 by the cached sampler with the given temperature / top-k / top-p / guidance), scores every
 candidate grid z under the prior in one batched forward pass, and keeps ``num`` of them by

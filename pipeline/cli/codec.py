@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vqgen.pipeline.commands.common import (
+from vqgen.pipeline.cli.common import (
     UsageError,
     add_data_args,
     add_verb,
@@ -70,8 +70,8 @@ def _input_set(args: argparse.Namespace, prior, vqvae):
     if not args.inputs and not args.data:
         raise UsageError("nothing to compress: give a folder or image files, or --data SPEC "
                          "--split SPLIT")
-    from vqgen.pipeline.codec import relative_names
-    from vqgen.pipeline.vqz import index_names
+    from vqgen.pipeline.codec.coder import relative_names
+    from vqgen.pipeline.codec.vqz import index_names
 
     if args.data:
         ds = dataset_for(vqvae, args, args.split)
@@ -119,7 +119,7 @@ def _common_parts(files: list[Path]) -> tuple[str, ...]:
 def cmd_compress(args: argparse.Namespace) -> int:
     import torch
 
-    from vqgen.pipeline.codec import build_report, compress_codes, encode_batches, pixels_per_image
+    from vqgen.pipeline.codec.coder import build_report, compress_codes, encode_batches, pixels_per_image
     from vqgen.pipeline.generate import load_pair
     from vqgen.stage1_vqvae.runtime.fsutil import atomic_file
 
@@ -188,7 +188,7 @@ def _checkpoint(given: str | None, stored: str, what: str, flag: str, where: Pat
 def cmd_decompress(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from vqgen.pipeline.codec import decode_codes, decode_images, open_vqz, output_names
+    from vqgen.pipeline.codec.coder import decode_codes, decode_images, open_vqz, output_names
     from vqgen.pipeline.generate import check_compatible
     from vqgen.stage1_vqvae.lit import load_vqvae
     from vqgen.stage1_vqvae.runtime.grid import save_png

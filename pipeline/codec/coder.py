@@ -3,7 +3,7 @@
 ``compress`` encodes images to code grids with the VQ-VAE and codes each grid in raster
 order with an ANS coder (``constriction``) driven by the prior's conditional
 distributions; ``decompress`` decodes code by code, rebuilding the same distributions,
-then decodes the grids to images. The container is :mod:`pipeline.vqz`.
+then decodes the grids to images. The container is :mod:`pipeline.codec.vqz`.
 
 Bit-exact decoding: encoder and decoder get their probabilities from one code path,
 :func:`stage2_prior.cached.scan_codes` (the cached sampler's per-position logits) on the
@@ -35,8 +35,7 @@ import torch
 from torch import Tensor
 
 from vqgen.pipeline import metrics as M
-from vqgen.pipeline.generate import MismatchError, check_compatible
-from vqgen.pipeline.vqz import (
+from vqgen.pipeline.codec.vqz import (
     LABELS_ALL,
     LABELS_MIXED,
     LABELS_NONE,
@@ -50,6 +49,7 @@ from vqgen.pipeline.vqz import (
     words_to_payload,
     write_vqz,
 )
+from vqgen.pipeline.generate import MismatchError, check_compatible
 from vqgen.stage1_vqvae.lit import LitVQVAE
 from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
 from vqgen.stage1_vqvae.runtime.errors import UserError

@@ -1,11 +1,12 @@
-"""``vqgen evaluate``: the sub-command and its summary table (the work is in :mod:`pipeline.evaluate`)."""
+"""``vqgen evaluate``: the sub-command and its summary table (the work is in
+:mod:`pipeline.evaluation.evaluate`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from vqgen.pipeline.commands.common import UsageError, add_verb, positive_int, resolve_device, seed_arg
+from vqgen.pipeline.cli.common import UsageError, add_verb, positive_int, resolve_device, seed_arg
 from vqgen.pipeline.defaults import DEFAULT_NUM_SAMPLES, DEMO_GUIDANCE, DEMO_TEMPERATURE
 from vqgen.pipeline.formatting import format_number
 
@@ -58,8 +59,8 @@ def add_evaluate(subs) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Run :func:`pipeline.evaluate.evaluate` and print a short summary table."""
-    from vqgen.pipeline.evaluate import evaluate
+    """Run :func:`pipeline.evaluation.evaluate.evaluate` and print a short summary table."""
+    from vqgen.pipeline.evaluation.evaluate import evaluate
 
     if args.vqvae is None and args.prior is None:
         raise UsageError("nothing to evaluate; pass --vqvae CKPT and/or --prior CKPT")

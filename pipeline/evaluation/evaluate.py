@@ -102,8 +102,13 @@ def evaluate(
     ``inception_weights``: the pt_inception-2015-12-05 weights file; with it the samples also
     get Inception FID/KID (torch-fidelity) beside the classifier FD.
     """
+    from vqgen.pipeline.evaluation.report import (
+        plot_code_histogram,
+        plot_curves,
+        plot_nll_heatmap,
+        write_html,
+    )
     from vqgen.pipeline.generate import load_pair
-    from vqgen.pipeline.report import plot_code_histogram, plot_curves, plot_nll_heatmap, write_html
     from vqgen.stage1_vqvae.lit import has_codes, load_vqvae
     from vqgen.stage1_vqvae.runtime.grid import save_grid
     from vqgen.stage1_vqvae.runtime.outputs import owned_output_dir

@@ -1,7 +1,7 @@
 """Editing images in code space: inpainting with known codes anywhere, and repair.
 
 ``inpaint`` encodes the images, draws ``candidates`` completions of the masked codes per
-image and keeps ``num`` of them by importance resampling (``pipeline.candidates``: the
+image and keeps ``num`` of them by importance resampling (``pipeline.edit.candidates``: the
 weights p(whole grid) / q(masked codes as drawn), so known codes *after* a masked one count
 even though the raster-ordered prior can only draw from the codes before it), decodes
 them and pastes them into the originals. A class-conditional prior used without a class
@@ -23,16 +23,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vqgen.pipeline.candidates import (
+from vqgen.pipeline.edit.candidates import (
     class_log_likelihoods,
     draw_candidates,
     effective_sample_size,
     labels_index,
     select_candidates,
 )
+from vqgen.pipeline.edit.masks import code_to_pixel_mask, feather_weights
 from vqgen.pipeline.evaluation.stage2 import prior_nll
 from vqgen.pipeline.generate import save_codes
-from vqgen.pipeline.masks import code_to_pixel_mask, feather_weights
 from vqgen.stage1_vqvae.runtime.errors import UserError
 from vqgen.stage1_vqvae.runtime.grid import save_grid, save_png
 from vqgen.stage1_vqvae.runtime.outputs import owned_output_dir

@@ -1,1 +1,0 @@
-"""One module per CLI verb family, over :mod:`pipeline.commands.common`."""
