@@ -7,6 +7,11 @@ curves over their quality settings) as PNG.
 
     python benchmarks/codec.py --prior checkpoints/demo/prior/last.ckpt \\
         [--data mnist5k --split val] [--plot benchmarks/results/codec_rd.png] [--threads 2]
+    python benchmarks/codec.py --smoke    # tiny models on 8 images, plot in a temp dir
+
+``--smoke`` (without --prior) trains a tiny VQ-VAE and prior first, in a temp folder, codes
+8 images with one repeat and writes the plot there: a check that the benchmark runs, its
+numbers measure nothing.
 
 - ours: ``vqgen compress``'s defaults (batches of 64, one ANS stream per batch, labels
   coded): the whole .vqz file's bits / images. ``overhead`` = file bits / the prior's
@@ -30,6 +35,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,19 +95,38 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prior", default="checkpoints/demo/prior/last.ckpt")
+    ap.add_argument("--prior", default=None,
+                    help="default checkpoints/demo/prior/last.ckpt (smoke: a tiny one trained first)")
     ap.add_argument("--vqvae", default=None)
     ap.add_argument("--data", default=None, help="default: the VQ-VAE's data set")
     ap.add_argument("--data-root", default="data")
     ap.add_argument("--split", default="val")
     ap.add_argument("--limit", type=int, default=None, help="first N images only")
-    ap.add_argument("--plot", default="benchmarks/results/codec_rd.png")
+    ap.add_argument("--plot", default=None, help="default benchmarks/results/codec_rd.png "
+                    "(smoke: in a temp folder)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     ap.add_argument("--batch1-images", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=2)
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="tiny models, 8 images: checks it runs")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="vqgen_codec_") as tmp:
+        if args.smoke:
+            if args.prior is None:
+                from benchmarks._smoke import tiny_demo
+
+                args.prior = str(tiny_demo(Path(tmp) / "demo") / "prior" / "last.ckpt")
+            args.limit = args.limit or 8
+            args.plot = args.plot or str(Path(tmp) / "codec_rd.png")
+            args.batch1_images, args.repeats = min(args.batch1_images, 2), 1
+        args.prior = args.prior or "checkpoints/demo/prior/last.ckpt"
+        args.plot = args.plot or "benchmarks/results/codec_rd.png"
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The measurements, the plot and the JSON line."""
     torch.set_num_threads(args.threads)
 
     prior, vqvae = load_pair(args.prior, args.vqvae)
@@ -212,9 +237,10 @@ def main() -> None:
         "decompress_images_per_s": speed[64]["decompress_images_per_s"],
         "speed": {f"batch_{bs}": v for bs, v in speed.items()},
         "threads": args.threads, "device": "cpu",
-        "curves": curves, "plot": str(plot),
+        "curves": curves, "plot": str(plot), "smoke": args.smoke,
     }
     print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -8,10 +8,14 @@ the one at 5,000.
 
     python benchmarks/encode_folder.py [--sizes 5000,50000] [--vqvae CKPT] [--devices 1]
         [--root DIR] [--keep]
+    python benchmarks/encode_folder.py --smoke    # 100 and 200 PNGs, tiny VQ-VAE: seconds
 
 Prints one JSON line: for each size, images, seconds, images_per_s, peak_rss_mb.
 Without --vqvae it trains a small VQ-VAE for one epoch first (the encode cost depends on
-the architecture, not on how well it is trained).
+the architecture, not on how well it is trained). ``--smoke`` trains a tiny VQ-VAE for a few
+batches and runs the same ``vqgen encode`` command lines in this process (no child: its
+peak_rss_mb is this process's), on 100 and 200 PNGs in a temp folder: a check that the
+benchmark runs, its numbers measure nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's packages
 
 
 def write_folder(root: Path, n: int, seed: int = 0) -> Path:
@@ -62,13 +68,20 @@ def child_env(threads: int) -> dict[str, str]:
 
 
 def run_encode(vqvae: Path, folder: Path, out: Path, devices: int, threads: int,
-               batch_size: int) -> dict:
-    """One ``vqgen encode`` child; its wall time and peak RSS (from wait4)."""
+               batch_size: int, in_process: bool = False) -> dict:
+    """One ``vqgen encode`` child; its wall time and peak RSS (from wait4). ``in_process``
+    (smoke mode): the same command in this process, with this process's peak RSS."""
     cmd = [sys.executable, "-m", "vqgen.pipeline", "encode", "--vqvae", str(vqvae), "--data",
            f"folder:{folder}", "--out", str(out), "--val-fraction", "0.1",
            "--batch-size", str(batch_size), "--overwrite"]
     cmd += ["--devices", str(devices), "--accelerator", "cpu"] if devices > 1 else ["--device", "cpu"]
     t0 = time.perf_counter()
+    if in_process:
+        from benchmarks._smoke import cli
+
+        cli(cmd[3:])
+        return {"wall_s": round(time.perf_counter() - t0, 2),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     proc = subprocess.Popen(cmd, env=child_env(threads), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -82,17 +95,21 @@ def run_encode(vqvae: Path, folder: Path, out: Path, devices: int, threads: int,
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak, 1)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="5000,50000")
+    ap.add_argument("--sizes", default=None, help="default 5000,50000 (smoke 100,200)")
     ap.add_argument("--vqvae", default=None, help="VQ-VAE checkpoint (default: train a small one)")
     ap.add_argument("--devices", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="threads per process")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--root", default=None, help="where the image folders go (default: temp)")
     ap.add_argument("--keep", action="store_true", help="keep the generated folders")
-    args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    ap.add_argument("--smoke", action="store_true", help="tiny VQ-VAE, 100 and 200 PNGs: checks it runs")
+    args = ap.parse_args(argv)
+    smoke = args.smoke
+    sizes = [int(s) for s in (args.sizes or ("100,200" if smoke else "5000,50000")).split(",")]
+    if smoke and args.devices > 1:
+        ap.error("--smoke runs the encode in this process: one device")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.devices)
     tmp = tempfile.mkdtemp(prefix="vqgen_encode_bench_")
     root = Path(args.root) if args.root else Path(tmp)
@@ -100,7 +117,12 @@ def main() -> None:
         vqvae = Path(args.vqvae) if args.vqvae else None
         if vqvae is None:
             vqvae = root / "vqvae" / "last.ckpt"
-            if not vqvae.exists():
+            if not vqvae.exists() and smoke:
+                from benchmarks._smoke import TINY_VQVAE_MODEL, TINY_VQVAE_TRAIN, cli
+
+                cli(["train-vqvae", "--data", "mnist5k", "--out", vqvae.parent, "--no-codes",
+                     *TINY_VQVAE_MODEL, *TINY_VQVAE_TRAIN, "--device", "cpu"])
+            elif not vqvae.exists():
                 subprocess.run([sys.executable, "-m", "vqgen.pipeline", "train-vqvae", "--data", "mnist5k",
                                 "--out", str(vqvae.parent), "--max-epochs", "1", "--no-codes",
                                 "--overwrite", "--accelerator", "cpu", "--device", "cpu"],
@@ -111,7 +133,7 @@ def main() -> None:
             folder = write_folder(root / f"images_{n}", n)
             gen_s = time.perf_counter() - t0
             r = run_encode(vqvae, folder, root / f"codes_{n}", args.devices, threads,
-                           args.batch_size)
+                           args.batch_size, in_process=smoke)
             # the child's wall time includes ~6 s of imports and listing the folder
             results.append({"images": n, "write_pngs_s": round(gen_s, 1), **r,
                             "images_per_s": round(n / r["wall_s"], 1)})
@@ -120,10 +142,12 @@ def main() -> None:
             # start-up (imports, loading the model) cancels out between two sizes
             marginal = round((results[-1]["images"] - results[0]["images"])
                              / (results[-1]["wall_s"] - results[0]["wall_s"]), 1)
-        print(json.dumps({"benchmark": "encode_folder", "marginal_images_per_s": marginal,
-                          "devices": args.devices,
-                          "threads_per_process": threads, "batch_size": args.batch_size,
-                          "vqvae": str(vqvae), "sizes": results}))
+        result = {"benchmark": "encode_folder", "smoke": smoke, "marginal_images_per_s": marginal,
+                  "devices": args.devices,
+                  "threads_per_process": threads, "batch_size": args.batch_size,
+                  "vqvae": str(vqvae), "sizes": results}
+        print(json.dumps(result))
+        return result
     finally:
         if not args.keep and not args.root:
             shutil.rmtree(tmp, ignore_errors=True)

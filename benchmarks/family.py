@@ -19,6 +19,14 @@ class-conditional ones, FD and class entropy of the unconditional ones (per mode
 
     OMP_NUM_THREADS=1 python benchmarks/family.py --budget 210 [--data mnist5k] [--out DIR]
         [--prior-budget 120] [-- extra train-vqvae flags for every model]
+    OMP_NUM_THREADS=1 python benchmarks/family.py --smoke    # tiny models, priors too: seconds
+
+Training runs ``train-vqvae`` / ``train-prior``'s parsers and trainer settings (so extra flags
+such as ``--limit-train-batches`` apply), on the CPU, with the budget as ``--max-time``.
+``--smoke`` trains the test suite's tiny models for a few batches each (priors included,
+``--prior-budget 10``) in a temp folder, on 200 mnist5k digits written there as PNGs (unless
+--data), and scores 20 samples with a one-epoch classifier: a check that the benchmark runs,
+its numbers measure nothing.
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="mnist5k")
     ap.add_argument("--budget", type=float, default=210.0, help="training seconds per model")
     ap.add_argument("--out", default=None, help="folder for the runs and the report")
@@ -47,18 +55,44 @@ def main() -> None:
     ap.add_argument("--prior-budget", type=float, default=0.0,
                     help="seconds to train a prior on each VQ model's codes, then score its "
                     "samples (0 = no priors)")
-    ap.add_argument("--num-samples", type=int, default=1000,
-                    help="samples per kind for the prior's scores (default 1000)")
-    args, extra = ap.parse_known_args()
+    ap.add_argument("--num-samples", type=int, default=None,
+                    help="samples per kind for the prior's scores (default 1000; smoke 20)")
+    ap.add_argument("--smoke", action="store_true", help="tiny models, a few batches: checks it runs")
+    args, extra = ap.parse_known_args(argv)
     extra = [e for e in extra if e != "--"]
+    args.prior_flags, args.classifier_config, args.sigmas = [], None, None
+    if args.smoke:
+        from benchmarks._smoke import (
+            FAST_SIGMAS,
+            TINY_PRIOR,
+            TINY_VQVAE_MODEL,
+            TINY_VQVAE_TRAIN,
+            tiny_classifier_config,
+        )
 
+        extra = [*TINY_VQVAE_MODEL, *TINY_VQVAE_TRAIN, "--num-workers", "0", *extra]
+        args.gan_flags = args.gan_flags or "--disc-width 8"
+        args.prior_budget = args.prior_budget or 10.0
+        args.prior_flags = TINY_PRIOR
+        args.classifier_config = tiny_classifier_config()
+        args.sigmas = FAST_SIGMAS
+    args.num_samples = args.num_samples or (20 if args.smoke else 1000)
+    with tempfile.TemporaryDirectory(prefix="vqgen_family_") as tmp:
+        if args.smoke and args.data == "mnist5k":  # 200 PNGs: every evaluation over 20 images
+            from benchmarks._smoke import digit_folder
+
+            args.data = "folder:" + str(digit_folder(Path(tmp) / "digits", 20))
+        return run_family(args, extra, Path(args.out or tmp))
+
+
+def run_family(args: argparse.Namespace, extra: list[str], root: Path) -> dict:
+    """Train (or reuse) each model under ``root``, compare them, print and return the JSON."""
     from vqgen.pipeline.cli import build_parser
+    from vqgen.pipeline.cli.common import trainer_kwargs
     from vqgen.pipeline.cli.stage1 import vqvae_config
     from vqgen.pipeline.evaluation.evaluate import evaluate
     from vqgen.stage1_vqvae.train import train_vqvae
 
-    tmp = tempfile.TemporaryDirectory()
-    root = Path(args.out or tmp.name)
     flags = {"vq": [], "vqgan": ["--gan", *args.gan_flags.split()],
              "vae": ["--bottleneck", "gaussian"]}
     runs, speed = {}, {}
@@ -71,11 +105,12 @@ def main() -> None:
         cli = build_parser().parse_args(["train-vqvae", "--data", args.data, "--out", str(out),
                                          "--no-codes", "--overwrite", *flags[name], *extra])
         model_args, data_args, max_epochs = vqvae_config(cli)
-        max_epochs = cli.max_epochs or max_epochs  # an extra --max-epochs fits the schedule to the budget
+        # the CLI's trainer settings (an extra --max-epochs fits the schedule to the budget)
+        trainer_args = {**trainer_kwargs(cli, max_epochs), "max_time": str(args.budget),
+                        "accelerator": "cpu", "quiet": True}
         t0 = time.perf_counter()
         res = train_vqvae(out, model_args, data_args=data_args, overwrite=True, write_codes=False,
-                          trainer_args=dict(max_epochs=max_epochs, max_time=str(args.budget),
-                                            accelerator="cpu", quiet=True))
+                          trainer_args=trainer_args)
         wall = time.perf_counter() - t0
         steps = int(torch.load(res.last, weights_only=True)["global_step"])
         speed[name] = {"steps": steps, "train_wall_s": round(wall, 1),
@@ -88,10 +123,12 @@ def main() -> None:
     names = list(runs)
     report = evaluate(runs[names[0]], None, None, root / "report", overwrite=True,
                       compare=[runs[n] for n in names[1:]], device="cpu",
-                      num_samples=args.num_samples,
+                      num_samples=args.num_samples, classifier_config=args.classifier_config,
+                      **({"sigmas": args.sigmas} if args.sigmas else {}),
                       classifier_cache=root / "classifier", log=lambda s: None)
     rows = {n: r for n, r in zip(names, report["comparison"]["rows"], strict=True)}
-    result: dict = {"data": args.data, "budget_s_per_model": args.budget,
+    result: dict = {"benchmark": "family", "smoke": args.smoke, "data": args.data,
+                    "budget_s_per_model": args.budget, "prior_budget_s": args.prior_budget,
                     "threads": torch.get_num_threads(), "extra_flags": extra,
                     "models": {n: {**rows[n], **speed[n]} for n in names},
                     "report": str(root / "report")}
@@ -121,12 +158,14 @@ def main() -> None:
                 "vae": rows["vae"]["sample_fd"],
                 "vqvae": result["models"]["vq"]["samples"].get("unconditional", {}).get("fd")}
     print(json.dumps(result, indent=2, default=str))
+    return json.loads(json.dumps(result, default=str))
 
 
 def prior_samples(ckpt: Path, run: Path, args: argparse.Namespace, *, classifier_cache: Path) -> dict:
     """Encode ``ckpt``'s data, train a prior on the codes for ``args.prior_budget`` seconds
     (train-prior's defaults), and return the sample scores of ``evaluate --prior``."""
     from vqgen.pipeline.cli import build_parser, main
+    from vqgen.pipeline.cli.common import trainer_kwargs
     from vqgen.pipeline.cli.stage2 import prior_config
     from vqgen.pipeline.evaluation.evaluate import evaluate
     from vqgen.stage2_prior.train import train_prior
@@ -134,14 +173,16 @@ def prior_samples(ckpt: Path, run: Path, args: argparse.Namespace, *, classifier
     codes, prior_dir = run / "codes", run / "prior"
     if not (args.reuse and (prior_dir / "speed.json").is_file()):
         if main(["encode", "--vqvae", str(ckpt), "--out", str(codes), "--overwrite",
-                 "--device", "cpu"]) != 0:
+                 "--device", "cpu", *(["--num-workers", "0"] if args.smoke else [])]) != 0:
             raise SystemExit(f"encode {ckpt} failed")
-        cli = build_parser().parse_args(["train-prior", "--codes", str(codes), "--out", str(prior_dir)])
+        cli = build_parser().parse_args(["train-prior", "--codes", str(codes), "--out", str(prior_dir),
+                                         *args.prior_flags])
         model_args, batch_size, max_epochs = prior_config(cli, log=lambda s: None)
         t0 = time.perf_counter()
         res = train_prior(codes, prior_dir, model_args, batch_size=batch_size, overwrite=True,
-                          trainer_args=dict(max_epochs=max_epochs, max_time=str(args.prior_budget),
-                                            accelerator="cpu", quiet=True))
+                          trainer_args={**trainer_kwargs(cli, max_epochs),
+                                        "max_time": str(args.prior_budget), "accelerator": "cpu",
+                                        "quiet": True})
         wall = time.perf_counter() - t0
         steps = int(torch.load(res.last, weights_only=True)["global_step"])
         (prior_dir / "speed.json").write_text(json.dumps({
@@ -150,6 +191,8 @@ def prior_samples(ckpt: Path, run: Path, args: argparse.Namespace, *, classifier
     speed = json.loads((prior_dir / "speed.json").read_text())
     report = evaluate(ckpt, prior_dir / "last.ckpt", None, run / "prior_report", overwrite=True,
                       num_samples=args.num_samples, device="cpu",
+                      classifier_config=args.classifier_config,
+                      **({"sigmas": args.sigmas} if args.sigmas else {}),
                       classifier_cache=classifier_cache, log=lambda s: None)
     samples = report["samples"] or {}
     keep = ("fd", "class_accuracy", "class_entropy_fraction_of_log_k", "precision", "recall")

@@ -5,11 +5,17 @@ Each case is one in-process ``pipeline.cli.main(argv)`` call on tiny models trai
 ``"_summary"`` with the number of cases that ended in a traceback (target 0) and of
 cases whose check on disk failed (unrelated files changed, an input deleted, ...).
 
-    OMP_NUM_THREADS=1 python benchmarks/hostile_inputs.py
+    OMP_NUM_THREADS=1 python benchmarks/hostile_inputs.py [--skip-dangerous]
+    OMP_NUM_THREADS=1 python benchmarks/hostile_inputs.py --smoke
+
+The whole run takes a few seconds, so ``--smoke`` runs every case too (it only marks the
+JSON as a smoke run). ``--skip-dangerous`` skips the cases that exhaust memory on a vqgen
+without the checks (to measure an old version: ``VQGEN_ROOT=/old/checkout``).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -25,8 +31,9 @@ import numpy as np
 
 sys.path.insert(0, os.environ.get("VQGEN_ROOT", str(Path(__file__).resolve().parents[1])))
 
-from tests.test_reliability import images  # noqa: E402  (the tests' image-folder maker)
-from vqgen.pipeline.cli import main  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from vqgen.pipeline.cli import main as cli_main  # noqa: E402
 
 TINY_VQ = ["--hidden", "16", "--res-hidden", "8", "--num-res", "1", "--code-dim", "8",
            "--num-codes", "32", "--limit-train-batches", "3", "--limit-val-batches", "1",
@@ -39,7 +46,16 @@ TINY_PRIOR = ["--hidden", "8", "--num-layers", "2", "--head-hidden", "16", "--ma
 # pass --skip-dangerous)
 DANGEROUS = ("meta.json num_codes 1e9", "--image-size 100000", "sample --num 1000000000",
              "checkpoint with num_layers=1000000", "--kernel-size 10001")
-SKIP_DANGEROUS = "--skip-dangerous" in sys.argv
+
+
+def images(root: Path, classes: list[str], n: int = 5, ext: str = ".png") -> Path:
+    """n 28x28 grey noise images per class under root/<class>/ (seeded; as tests/test_reliability)."""
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(root / c / f"{c}{i}{ext}")
+    return root
 
 
 def call(argv: list[str]) -> dict:
@@ -48,7 +64,7 @@ def call(argv: list[str]) -> dict:
     tb = False
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
-            rc = main([str(a) for a in argv])
+            rc = cli_main([str(a) for a in argv])
         except SystemExit as e:
             rc = int(e.code or 0)
         except BaseException:  # noqa: BLE001 - what we count
@@ -59,18 +75,30 @@ def call(argv: list[str]) -> dict:
     return {"exit": rc, "traceback": tb, "message": (lines[-1] if lines else "")[:300]}
 
 
-def main_bench() -> dict:
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--skip-dangerous", action="store_true",
+                    help="skip the cases that allocate without bound in old versions")
+    ap.add_argument("--smoke", action="store_true", help="the same run (it is already small)")
+    args = ap.parse_args(argv)
+    results = main_bench(skip_dangerous=args.skip_dangerous)
+    results["_summary"]["smoke"] = args.smoke
+    print(json.dumps(results, indent=2))
+    return results
+
+
+def main_bench(skip_dangerous: bool = False) -> dict:
     ws = Path(tempfile.mkdtemp(prefix="vqgen-hostile-"))
     cwd = os.getcwd()
     os.chdir(ws)
     try:
-        return run_cases(ws)
+        return run_cases(ws, skip_dangerous)
     finally:
         os.chdir(cwd)
         shutil.rmtree(ws, ignore_errors=True)
 
 
-def run_cases(ws: Path) -> dict:
+def run_cases(ws: Path, skip_dangerous: bool = False) -> dict:
     vq, prior = ws / "vq", ws / "prior"
     assert call(["train-vqvae", "--out", vq, *TINY_VQ])["exit"] == 0
     assert call(["train-prior", "--codes", vq / "codes", "--out", prior, *TINY_PRIOR])["exit"] == 0
@@ -79,7 +107,7 @@ def run_cases(ws: Path) -> dict:
     disk_failures: list[str] = []
 
     def case(name: str, argv: list, check: Callable[[], bool] | None = None) -> None:
-        if SKIP_DANGEROUS and name in DANGEROUS:
+        if skip_dangerous and name in DANGEROUS:
             results[name] = {"skipped": "allocates without bound in old versions"}
             return
         results[name] = call(argv)
@@ -232,4 +260,4 @@ def run_cases(ws: Path) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main_bench(), indent=2))
+    main()

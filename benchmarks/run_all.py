@@ -1,6 +1,7 @@
 """Every benchmark and the evaluation on the embedded data, into one JSON file and a table.
 
     python benchmarks/run_all.py [--out benchmarks/results] [--skip-50k] [--reuse-demo]
+    python benchmarks/run_all.py --smoke    # every step in smoke mode, into a temp folder
 
 Steps, each in its own process (so each has its own peak RSS, read with wait4):
 
@@ -15,23 +16,75 @@ Steps, each in its own process (so each has its own peak RSS, read with wait4):
 7. ``benchmarks/encode_folder.py``: 5,000 and 50,000 PNGs encoded streaming (skip with
    ``--skip-50k``).
 
-Writes OUT/results.json (everything) and OUT/results.md (the short table in the README).
-Takes about 15 minutes on 2 CPU cores. Run nothing else meanwhile: the machine is the
-measuring instrument.
+Writes OUT/results.json (everything) and OUT/results.md (the short table in docs/benchmarks.md),
+prints the table and, last, results.json's object on one line. Takes about 15 minutes on 2
+CPU cores. Run nothing else meanwhile: the machine is the measuring instrument.
+
+``--smoke`` runs the same steps with the same command lines plus ``--smoke`` (tiny models;
+a small matmul; the evaluation through ``evaluate()`` with a one-epoch classifier), writes
+OUT (default: a temp folder) and the table, and checks that every script in benchmarks/ is
+either one of its steps or in NOT_RUN. The sampling step runs as a child process like in a
+real run; the others run in this process (their peak RSS is this process's): a check that
+the dispatch works, its numbers measure nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import io
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's packages
+
+# the steps' scripts, and why every other benchmark is not a step
+STEP_SCRIPTS = ("stage1", "stage2", "sampling", "encode_folder")
+NOT_RUN = {
+    "run_all": "this script",
+    "cifar": "needs the CIFAR-10 JPEGs (not shipped) and ~35 minutes",
+    "codebase": "measures the source tree, not the machine",
+    "codec": "run on its own against the demo's checkpoints (writes a plot)",
+    "family": "trains three models for minutes each",
+    "guidance": "a settings search on a finished demo",
+    "hostile_inputs": "counts tracebacks, measures nothing",
+    "inpaint": "run on its own against the demo's checkpoints",
+    "prior_memory": "memory of train-prior at 500,000 maps (minutes)",
+    "workers_throughput": "needs the CIFAR-10 JPEGs (not shipped)",
+}
+
+
+def unknown_scripts() -> list[str]:
+    """Benchmark scripts that are neither a step nor in NOT_RUN (a new one must be either)."""
+    names = {p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_")}
+    return sorted(names - set(STEP_SCRIPTS) - set(NOT_RUN))
+
+
+def run_in_process(cmd: list[str]) -> dict:
+    """Smoke mode: ``python benchmarks/NAME.py ARGS``'s ``main(ARGS)`` in this process; the
+    same result as :func:`run_child` (wall time, this process's peak RSS, JSON lines)."""
+    path = ROOT / cmd[1]
+    spec = importlib.util.spec_from_file_location(f"_run_all_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    buf = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(buf):
+        module.main(cmd[2:])
+    lines = [json.loads(x) for x in buf.getvalue().splitlines() if x.startswith("{")]
+    return {"wall_s": round(time.perf_counter() - t0, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "json": lines}
 
 
 def run_child(cmd: list[str], log: Path) -> dict:
@@ -64,7 +117,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 8) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def encoder_gflops(vqvae_ckpt: Path, batch: int = 512, repeats: int = 5) -> dict:
+def encoder_gflops(vqvae_ckpt: Path, batch: int = 512, repeats: int = 5, limit: int | None = None) -> dict:
     """The encoder's FLOPs per image (counted) and achieved GFLOP/s while encoding mnist5k."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -74,7 +127,7 @@ def encoder_gflops(vqvae_ckpt: Path, batch: int = 512, repeats: int = 5) -> dict
 
     model = load_vqvae(vqvae_ckpt).model.eval()
     ds = build_dataset("mnist5k", "train", channels=1, image_size=(28, 28))
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    images = torch.stack([ds[i][0] for i in range(min(len(ds), limit or len(ds)))])
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
             model.encode(images[:batch])
@@ -158,43 +211,66 @@ def table(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--out", default=None, help="default benchmarks/results (smoke: a temp folder)")
     ap.add_argument("--skip-50k", action="store_true", help="skip the 50,000-PNG encode")
     ap.add_argument("--reuse-demo", action="store_true",
                     help="measure an existing OUT/demo instead of running the demo again")
-    args = ap.parse_args()
-    out = (ROOT / args.out).resolve()
+    ap.add_argument("--smoke", action="store_true", help="every step in smoke mode: checks the dispatch")
+    args = ap.parse_args(argv)
+    unknown = unknown_scripts()
+    if unknown:
+        raise SystemExit(f"benchmarks/ holds {', '.join(unknown)}, neither a step of run_all nor in "
+                         "its NOT_RUN; add it to one")
+    with tempfile.TemporaryDirectory(prefix="vqgen_run_all_") as tmp:
+        out = (ROOT / (args.out or (tmp if args.smoke else "benchmarks/results"))).resolve()
+        return run_all(args, out)
+
+
+def run_all(args: argparse.Namespace, out: Path) -> dict:
+    """Every step, results.json, results.md; prints the table, then the results on one line."""
+    smoke = args.smoke
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     t_all = time.perf_counter()
     steps: dict[str, dict] = {}
     results: dict = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                     "python": platform.python_version(), "cpu_count": os.cpu_count()}
+                     "python": platform.python_version(), "cpu_count": os.cpu_count(),
+                     "smoke": smoke}
 
     def step(name: str, cmd: list[str]) -> dict:
+        if smoke:
+            cmd = [*cmd, "--smoke"]
         print(f"[run_all] {name}: {' '.join(cmd[1:])}", flush=True)
-        steps[name] = run_child(cmd, out / f"{name}.log")
+        if smoke and name != "sampling":  # one real child (the cheapest step) in smoke mode
+            steps[name] = run_in_process(cmd)
+        else:
+            steps[name] = run_child(cmd, out / f"{name}.log")
         print(f"[run_all] {name}: {steps[name]['wall_s']} s, peak RSS "
               f"{steps[name]['peak_rss_mb']} MB", flush=True)
         return steps[name]
 
     import torch
 
-    results["machine"] = {"matmul_gflops": round(matmul_gflops(), 1),
+    gflops = matmul_gflops(256, repeats=1) if smoke else matmul_gflops()
+    results["machine"] = {"matmul_gflops": round(gflops, 1),
                           "torch": torch.__version__, "threads": torch.get_num_threads()}
     results["stage1"] = step("stage1", [py, "benchmarks/stage1.py", "--out", str(out / "stage1")])[
         "json"][-1]
     demo = out / "demo"
     results["stage2"] = step("stage2", [py, "benchmarks/stage2.py", "--out", str(demo),
                                         *(["--reuse"] if args.reuse_demo else [])])["json"][-1]
-    step("evaluate", [py, "-m", "vqgen.pipeline", "evaluate", "--vqvae", str(demo / "vqvae/last.ckpt"),
-                      "--prior", str(demo / "prior/last.ckpt"), "--data", "mnist5k",
-                      "--out", str(out / "report"), "--overwrite",
-                      "--classifier-cache", str(out / "classifier_cache")])
+    evaluate_argv = ["evaluate", "--vqvae", str(demo / "vqvae/last.ckpt"),
+                     "--prior", str(demo / "prior/last.ckpt"), "--data", "mnist5k",
+                     "--out", str(out / "report"), "--overwrite",
+                     "--classifier-cache", str(out / "classifier_cache")]
+    if smoke:
+        steps["evaluate"] = smoke_evaluate(evaluate_argv)
+    else:
+        step("evaluate", [py, "-m", "vqgen.pipeline", *evaluate_argv])
     results["evaluate"] = json.loads((out / "report" / "metrics.json").read_text())
-    enc = encoder_gflops(demo / "vqvae" / "last.ckpt")
+    enc = encoder_gflops(demo / "vqvae" / "last.ckpt", **(dict(repeats=1, limit=512) if smoke else {}))
     results["machine"].update(encoder_gflops=enc["encoder_gflops"],
                               encoder_mflops_per_image=enc["encoder_mflops_per_image"],
                               encoder_fraction_of_matmul=round(
@@ -206,6 +282,7 @@ def main() -> None:
         results["encode_folder"] = step("encode_folder", [py, "benchmarks/encode_folder.py"])[
             "json"][-1]
     results["steps"] = steps
+    results["not_run"] = NOT_RUN
     results["wall_s"] = round(time.perf_counter() - t_all, 1)
     for s in steps.values():
         s.pop("json", None)
@@ -215,6 +292,24 @@ def main() -> None:
     print(md)
     print(f"[run_all] wrote {out / 'results.json'} and {out / 'results.md'} "
           f"in {results['wall_s']} s", flush=True)
+    print(json.dumps(results), flush=True)
+    return results
+
+
+def smoke_evaluate(argv: list[str]) -> dict:
+    """Smoke mode's evaluate step: ``vqgen evaluate ARGV``'s call of ``evaluate()`` in this
+    process, with 20 samples, a one-epoch classifier and three noise levels."""
+    from benchmarks._smoke import FAST_SIGMAS, tiny_classifier_config
+    from vqgen.pipeline.cli import build_parser
+    from vqgen.pipeline.evaluation.evaluate import evaluate
+
+    a = build_parser().parse_args(argv)  # the verb's own parser reads the step's command line
+    t0 = time.perf_counter()
+    evaluate(a.vqvae, a.prior, a.data, a.out, overwrite=a.overwrite, classifier_cache=a.classifier_cache,
+             num_samples=20, device="cpu", classifier_config=tiny_classifier_config(),
+             sigmas=FAST_SIGMAS, log=lambda s: None)
+    return {"wall_s": round(time.perf_counter() - t0, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 if __name__ == "__main__":

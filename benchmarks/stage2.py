@@ -5,10 +5,14 @@ val_bits_per_code, unigram_bits_per_code, uniform_bits_per_code, nll_over_unigra
 sample_images_per_s (prior + decode, batch 64), and the grid's path.
 
     python benchmarks/stage2.py [--out DIR] [--reuse]
+    python benchmarks/stage2.py --smoke    # a tiny demo-shaped folder in a temp dir: seconds
 
 ``--reuse`` skips the demo run when DIR already holds a finished demo (demo_wall_s is
-then null). Targets on a 2-core CPU: demo <= 300 s; held-out NLL <= 40% of the unigram
-entropy.
+then null). ``--smoke`` replaces the ``vqgen demo`` child by tiny models of the same layout
+(vqvae/, prior/, their done.json; demo_wall_s is the time to train them), trained in this
+process in a temp folder (unless --out), and samples 8: a check that the benchmark runs,
+its numbers measure nothing. Targets on a 2-core CPU: demo <= 300 s; held-out NLL <= 40%
+of the unigram entropy.
 """
 
 from __future__ import annotations
@@ -19,30 +23,45 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="checkpoints/bench_demo")
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None,
+                    help="demo folder (default checkpoints/bench_demo; smoke: a temp folder)")
     ap.add_argument("--reuse", action="store_true")
-    ap.add_argument("--sample-num", type=int, default=64)
-    args = ap.parse_args()
-    out = Path(args.out)
+    ap.add_argument("--sample-num", type=int, default=None, help="default 64 (smoke 8)")
+    ap.add_argument("--smoke", action="store_true", help="tiny models, in-process: checks it runs")
+    args = ap.parse_args(argv)
+    sample_num = args.sample_num or (8 if args.smoke else 64)
+    with tempfile.TemporaryDirectory(prefix="vqgen_stage2_") as tmp:
+        default_out = Path(tmp) / "demo" if args.smoke else Path("checkpoints/bench_demo")
+        return measure(Path(args.out) if args.out else default_out, args.reuse, sample_num, args.smoke)
 
+
+def measure(out: Path, reuse: bool, sample_num: int, smoke: bool) -> dict:
     demo_wall = None
-    if not (args.reuse and (out / "prior" / "done.json").is_file()):
+    if not (reuse and (out / "prior" / "done.json").is_file()):
         if out.exists():
             import shutil
 
             shutil.rmtree(out)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "vqgen.pipeline", "demo", "--out", str(out)], check=True,
-                       stdout=subprocess.DEVNULL, env={**os.environ})
+        if smoke:
+            from benchmarks._smoke import tiny_demo
+
+            tiny_demo(out)
+        else:
+            subprocess.run([sys.executable, "-m", "vqgen.pipeline", "demo", "--out", str(out)],
+                           check=True, stdout=subprocess.DEVNULL, env={**os.environ})
         demo_wall = time.perf_counter() - t0
 
     from vqgen.pipeline.generate import load_pair, sample
@@ -61,21 +80,22 @@ def main() -> None:
     val_maps = read_code_maps(out / "vqvae" / "codes" / "val")
     k = prior.num_codes
     pm = prior_metrics(prior, train, np.asarray(val_maps.codes),
-                       torch.as_tensor(np.asarray(val_maps.labels)) if val_maps.labels is not None
+                       torch.as_tensor(np.array(val_maps.labels)) if val_maps.labels is not None
                        else None)
     uni = pm["baselines"]["unigram_train_entropy_bits_per_code"]
     uni_x = pm["baselines"]["unigram_heldout_cross_entropy_bits_per_code"]
     val_bits = pm["bits_per_code"]
 
     labels = torch.arange(prior.model.num_classes).repeat_interleave(
-        math.ceil(args.sample_num / max(1, prior.model.num_classes)))[: args.sample_num]
-    sample(prior, vqvae, 8, labels=labels[:8], seed=1)  # warm-up
+        math.ceil(sample_num / max(1, prior.model.num_classes)))[: sample_num]
+    sample(prior, vqvae, min(8, sample_num), labels=labels[:8], seed=1)  # warm-up
     t0 = time.perf_counter()
-    sample(prior, vqvae, args.sample_num, labels=labels, seed=0, batch_size=64)
+    sample(prior, vqvae, sample_num, labels=labels, seed=0, batch_size=64)
     sample_s = time.perf_counter() - t0
 
-    print(json.dumps({
+    result = {
         "benchmark": "stage2",
+        "smoke": smoke,
         "demo_wall_s": None if demo_wall is None else round(demo_wall, 1),
         "vqvae_stage_s": vinfo.get("seconds"),
         "prior_stage_s": pinfo.get("seconds"),
@@ -86,14 +106,16 @@ def main() -> None:
         "unigram_val_xent_bits": round(uni_x, 4),
         "uniform_bits_per_code": round(math.log2(k), 4),
         "nll_over_unigram": round(val_bits / uni, 4),
-        "sample_images_per_s": round(args.sample_num / sample_s, 2),
+        "sample_images_per_s": round(sample_num / sample_s, 2),
         "vqvae_val_psnr_db": vinfo.get("val/psnr"),
         "codebook_usage": vinfo.get("val/codebook_usage"),
         "num_codes": k,
         "code_shape": list(prior.code_shape),
         "grid": str(out / "samples" / "grid.png"),
         "torch_threads": torch.get_num_threads(),
-    }), flush=True)
+    }
+    print(json.dumps(result), flush=True)
+    return result
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 # CPU-sized demo: about 2 + 2 minutes of training on 2 cores (see benchmarks/stage2.py)
 DEMO_VQVAE_EPOCHS = 16
 DEMO_PRIOR_EPOCHS = 9
-DEMO_GUIDANCE = 3.0  # classifier-free guidance: clearly class-like digits (see README)
+DEMO_GUIDANCE = 3.0  # classifier-free guidance: clearly class-like digits (README, the demo grid)
 DEMO_TEMPERATURE = 0.9
 
 # `vqgen sample` with --class / --per-class (benchmarks/guidance.py on the demo, 1,000 samples

@@ -61,8 +61,8 @@ def disc_width_for(image_size: tuple[int, int]) -> int:
     runs at half the image size: 64 wide it costs about five times the VQ-VAE's own
     forward and backward (one CPU thread, batch 64 of 28x28: 234 ms per VQ-GAN step
     against 37 ms for the VQ-VAE; 58 ms 16 wide). On mnist5k at the same wall-clock budget
-    the 16-wide one finishes the preset's schedule and scored better (README, "Three
-    stage-one models"); larger images keep the published width (not measured here).
+    the 16-wide one finishes the preset's schedule and scored better
+    (docs/stage-one-family.md); larger images keep the published width (not measured here).
     """
     return SMALL_DISC_WIDTH if min(image_size) <= SMALL_IMAGE_SIDE else DISC_WIDTH
 
@@ -176,7 +176,7 @@ def load_lpips() -> nn.Module:
         raise MissingInputError(
             f"--perceptual lpips needs the VGG16 ImageNet weights at {path} (torchvision's "
             f"{LPIPS_BACKBONE_FILE}; copy it there) or --perceptual features (no download)")
-    import lpips  # noqa: PLC0415 - optional dependency
+    import lpips  # noqa: PLC0415  # pyright: ignore[reportMissingImports] - optional dependency
 
     net = lpips.LPIPS(net="vgg", verbose=False).eval()
     for p in net.parameters():

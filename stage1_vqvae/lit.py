@@ -295,4 +295,21 @@ def load_vqvae(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     return rebuild_module(cls, path, "vqvae", map_location, ckpt)
 
 
+def trained_dataset(lit: LitVQVAE, split: str, *, data: str | None = None,
+                    data_root: str | os.PathLike | None = None, download: bool = False,
+                    val_fraction: float | None = None):
+    """The ``split`` ("train" / "val") of the data ``lit`` was trained on (or of ``data``),
+    converted the way it was trained: its channels, (H, W), split fraction and split seed.
+    Items: (image float32 (C, H, W) in [0, 1], label int, -1 without classes)."""
+    from .data import build_dataset
+
+    hp = lit.hparams
+    return build_dataset(
+        data or hp.data, split, data_root=data_root, download=download,
+        channels=int(hp.channels), image_size=tuple(hp.image_size),
+        val_fraction=float(hp.val_fraction) if val_fraction is None else val_fraction,
+        seed=int(hp.seed),
+    )
+
+
 LitVQVAE.hparams_problem = staticmethod(_vqvae_hparams_problem)

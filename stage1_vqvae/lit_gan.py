@@ -57,7 +57,7 @@ class VQGANTraining:
     gan: marks the checkpoint as a VQ-GAN (always True here).
     disc_start: generator steps before the discriminator and its losses switch on (default
     0: on mnist5k, feature matching from the first step gave the VQ-VAE's PSNR and a far
-    lower rFD; 200 or 500 cost PSNR, see README "Three stage-one models").
+    lower rFD; 200 or 500 cost PSNR, see docs/stage-one-family.md).
     disc_weight: factor on the adaptive weight of the adversarial term (VQGAN: 0.8; default
     0.1: at 0.8 the adversarial gradient cost 2.2 dB of PSNR on mnist5k and raised the rFD).
     disc_lr: the discriminator's Adam learning rate (betas 0.5, 0.9, constant).

@@ -36,8 +36,8 @@ DEMO_PRIOR = Path("/work/runs/demo/prior/last.ckpt")
 def _need(what: str, ok: bool) -> None:
     if ok:
         return
-    msg = (f"{what} is not available; install it (README, contributing: apt-get install "
-           "chromium; pip install -e \".[app,browser-tests]\")")
+    msg = (f"{what} is not available; install it (README set-up: sudo apt-get install "
+           "chromium; pip install -e \".[dev]\")")
     if os.environ.get("CI"):
         pytest.fail(msg + " -- CI must run the browser tests")
     pytest.skip(msg)

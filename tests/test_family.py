@@ -161,7 +161,7 @@ def test_gaussian_kl_equals_the_closed_form():
 
 @pytest.fixture(scope="module")
 def family_runs(tmp_path_factory: pytest.TempPathFactory, tiny_vqvae_run: Path) -> dict[str, Path]:
-    """The README's three commands on tiny settings: a VQ-GAN and a Gaussian VAE beside the
+    """docs/stage-one-family.md's three commands on tiny settings: a VQ-GAN and a Gaussian VAE beside the
     session's tiny VQ-VAE."""
     root = tmp_path_factory.mktemp("family")
     runs = {"vq": tiny_vqvae_run}

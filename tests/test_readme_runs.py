@@ -1,10 +1,11 @@
-"""Every ``vqgen`` command in README.md runs, in README order, in-process
-(``pipeline.cli.main``) in a scratch working directory, and writes the outputs the README
-names. The verbs, flags and paths are the README's own; tiny settings are substituted
-where the real ones would take minutes (smaller models, one epoch, fewer samples, a
-one-epoch classifier): ``TINY`` lists each substitution.
+"""Every ``vqgen`` command of README.md and the docs pages runs, in page order
+(``test_readme.PAGES``, each distinct command once), in-process (``pipeline.cli.main``) in
+one scratch working directory, and writes the outputs the page names; then every page's
+Python block runs there, on what the commands wrote. The verbs, flags and paths are the
+pages' own; tiny settings are substituted where the real ones would take minutes (smaller
+models, one epoch, fewer samples, a one-epoch classifier): ``TINY`` lists each substitution.
 
-Only the commands of "Scaling out" are not run: they need 4 GPUs and a second node; they
+Only the commands of docs/scaling.md are not run: they need 4 GPUs and a second node; they
 are parsed by ``test_readme.py`` and DDP itself is exercised in ``test_distributed.py``.
 """
 
@@ -26,7 +27,7 @@ from tests.conftest import TINY_MODEL_ARGS, TINY_TRAIN_ARGS
 from tests.test_cli_stage2 import TINY_PRESET, TINY_PRIOR
 from tests.test_evaluate import TINY_CLASSIFIER
 from tests.test_prior import TINY_PRIOR_ARGS
-from tests.test_readme import README_TEXT, vqgen_commands
+from tests.test_readme import COMMANDS, python_blocks
 from vqgen.pipeline.cli import main
 from vqgen.pipeline.cli import serve as serve_verb
 from vqgen.pipeline.codec.vqz import MAGIC
@@ -36,14 +37,13 @@ from vqgen.stage1_vqvae.data import build_dataset
 from vqgen.stage1_vqvae.runtime.grid import save_png
 from vqgen.stage2_prior import train as stage2_train
 
-COMMANDS = vqgen_commands(README_TEXT)
 NEEDS_GPUS = [c for c in COMMANDS if "--accelerator gpu" in c]
 
-# appended to the README's argv per verb (argparse keeps the last value of a repeated flag)
+# appended to the pages' argv per verb (argparse keeps the last value of a repeated flag)
 TINY: dict[str, tuple[str, ...]] = {
     "demo": ("--vqvae-epochs", "1", "--prior-epochs", "1", "--per-class", "1",
              "--accelerator", "cpu", "--device", "cpu"),
-    # K=64, not the shared fixture's 32: the README samples with --top-k 50
+    # K=64, not the shared fixture's 32: the pages sample with --top-k 50
     "train-vqvae": (*TINY_MODEL_ARGS, "--num-codes", "64", *TINY_TRAIN_ARGS, "--max-epochs", "1"),
     "encode": ("--device", "cpu"),
     "reconstruct": ("--device", "cpu"),
@@ -57,7 +57,7 @@ TINY: dict[str, tuple[str, ...]] = {
     "repair": ("--device", "cpu"),
     "serve": ("--port", "0", "--device", "cpu"),  # visited once, then stopped: _visit_page
 }
-DIGITS = 3  # images in the `digits/` folder the README compresses
+DIGITS = 3  # images in the `digits/` folder the pages compress
 
 
 def _argv(command: str) -> list[str]:
@@ -81,8 +81,8 @@ def _visit_page(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def readme_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[int, str]]]:
-    """Run the README's commands in order in one scratch folder (later ones read what
-    earlier ones wrote, as in the README) -> (folder, {command: (exit code, stdout)})."""
+    """Run the pages' commands in order in one scratch folder (later ones read what
+    earlier ones wrote, as on the pages) -> (folder, {command: (exit code, stdout)})."""
     cwd = tmp_path_factory.mktemp("readme")
     results: dict[str, tuple[int, str]] = {}
     with pytest.MonkeyPatch.context() as mp:
@@ -94,7 +94,7 @@ def readme_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
         for key, value in TINY_CLASSIFIER.items():
             mp.setitem(CLASSIFIER_CONFIG, key, value)
         mp.setattr(serve_verb, "serve_forever", _visit_page)
-        digits = cwd / "digits"  # the user's own folder of images in the README
+        digits = cwd / "digits"  # the user's own folder of images on the pages
         digits.mkdir()
         val = build_dataset("mnist5k", "val")
         for i in range(DIGITS):
@@ -145,7 +145,7 @@ def _code_maps(folder: Path, count: int | None = None) -> None:
 
 
 def check_outputs(cwd: Path, command: str, stdout: str) -> None:
-    """The outputs the README names for this command."""
+    """The outputs the pages name for this command."""
     verb = shlex.split(command)[1]
     if verb == "demo":
         assert (cwd / "checkpoints/demo/samples/grid.png").is_file()
@@ -230,14 +230,28 @@ def check_outputs(cwd: Path, command: str, stdout: str) -> None:
         assert "http://127.0.0.1:" in stdout and "vqgen serve: stopped" in stdout
         work = re.search(r"uploads and results: (\S+)", stdout).group(1)
         assert not Path(work).exists()
-    else:  # a verb added to the README without a check here
-        raise AssertionError(f"no output check for README command {command!r}")
+    else:  # a verb added to a page without a check here
+        raise AssertionError(f"no output check for the command {command!r}")
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c not in NEEDS_GPUS])
 def test_readme_command_runs_and_writes_what_the_readme_names(readme_runs, command: str):
     cwd, results = readme_runs
-    assert command in results, f"not reached: an earlier README command failed ({results})"
+    assert command in results, f"not reached: an earlier command failed ({results})"
     rc, stdout = results[command]
     assert rc == 0, f"{command} exited {rc}:\n{stdout[-2000:]}"
     check_outputs(cwd, command, stdout)
+
+
+@pytest.mark.parametrize(("page", "body"), python_blocks(),
+                         ids=[f"{page}-{i}" for i, (page, _) in enumerate(python_blocks())])
+def test_python_example_runs_on_what_the_commands_wrote(readme_runs, monkeypatch, page, body):
+    """Each page's Python block, as written, in the folder where the demo (at test size)
+    wrote checkpoints/demo."""
+    cwd, results = readme_runs
+    assert results.get("vqgen demo", (None,))[0] == 0, "the demo did not run"
+    monkeypatch.chdir(cwd)
+    scope: dict = {}
+    exec(compile(body, page, "exec"), scope)
+    if "out" in scope:  # sample(..., 16, labels=...)
+        assert scope["out"].codes.shape[0] == scope["out"].images.shape[0] == 16

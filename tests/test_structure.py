@@ -8,6 +8,7 @@ import cannot hide a dependency.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -131,20 +132,39 @@ def test_the_checkers_can_fail(tmp_path: Path):
     assert not _allowed("stage1_vqvae.b", "stage2_prior.m")
 
 
-@pytest.mark.parametrize("module", ["stage2_prior.train", "stage2_prior.sampling"])
-def test_stage_two_loads_no_vqvae_module(module: str):
-    """Importing stage two's training (or sampling) loads nothing of stage one but the
-    code-map module and the run machinery (checked in a fresh interpreter)."""
+def stage_one_modules_loaded_by(module: str) -> list[str]:
+    """The stage-one modules, other than the code-map module and the run machinery, that
+    importing ``module`` loads (in a fresh interpreter)."""
+    import os
     import subprocess
     import sys
 
     code = (f"import sys, importlib; importlib.import_module({module!r}); "
-            "print(sorted(m for m in sys.modules if m.startswith('stage1_vqvae.') "
-            "and m != 'stage1_vqvae.codes' and not m.startswith('stage1_vqvae.runtime')))")
+            "print(sorted(m for m in sys.modules if m.startswith('vqgen.stage1_vqvae.') "
+            "and m != 'vqgen.stage1_vqvae.codes' and not m.startswith('vqgen.stage1_vqvae.runtime')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         timeout=120, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                         timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "[]", out.stdout
+    return ast.literal_eval(out.stdout.strip())
+
+
+def test_stage_two_loads_no_vqvae_module():
+    """Importing stage two's training and sampling loads nothing of stage one but the
+    code-map module and the run machinery; the same probe on a pipeline module, which
+    does load the VQ-VAE, finds it (so the probe's names are the ones modules load as)."""
+    assert stage_one_modules_loaded_by("vqgen.stage2_prior.train") == []
+    assert stage_one_modules_loaded_by("vqgen.stage2_prior.sampling") == []
+    assert "vqgen.stage1_vqvae.lit" in stage_one_modules_loaded_by("vqgen.pipeline.generate")
+
+
+def test_library_modules_do_not_import_the_cli():
+    """The CLI (pipeline.cli, and ``python -m vqgen.pipeline``) sits on top: argument parsing,
+    exit codes, printing. Library modules take plain arguments, so Python users and the app
+    never go through it."""
+    graph = import_graph()
+    bad = sorted(f"{a} -> {b}" for a, deps in graph.items() for b in deps
+                 if b.startswith("pipeline.cli") and not a.startswith(("pipeline.cli", "pipeline.__main__")))
+    assert not bad, "library modules importing the CLI:\n" + "\n".join(bad)
 
 
 def _bare_imports(path: Path) -> list[str]:
@@ -171,15 +191,51 @@ def test_every_import_uses_the_one_installed_name(tmp_path: Path):
     assert _bare_imports(planted) == ["pipeline.cli", "stage2_prior"]
 
 
-def test_pyproject_installs_every_package_folder():
-    """A subpackage missing from pyproject's explicit list would be missing from the wheel."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: pytest brings tomli
-        import tomli as tomllib
+def test_the_package_is_src_vqgen_linking_the_three_folders():
+    """src/vqgen/ is the installed package: its three entries are relative links to the
+    top-level folders (so a moved checkout still works), and setuptools' finder, which
+    decides what goes in the wheel, sees every package folder through them."""
+    import os
 
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    from setuptools import find_packages
+
+    src = ROOT / "src" / "vqgen"
+    for d in PACKAGES:
+        link = src / d
+        assert link.is_symlink(), f"{link} must be a symlink to ../../{d}"
+        assert os.readlink(link) == f"../../{d}"
+        assert link.resolve() == ROOT / d
     folders = {"vqgen." + ".".join(p.parent.relative_to(ROOT).parts)
                for d in PACKAGES for p in (ROOT / d).rglob("__init__.py")}
-    assert set(config["packages"]) == folders
-    assert config["package-dir"] == {f"vqgen.{d}": d for d in PACKAGES}
+    assert set(find_packages(str(ROOT / "src"))) == {"vqgen"} | folders
+    assert (src / "py.typed").is_file()
+
+
+def test_import_vqgen_gives_the_version_and_the_api_by_name():
+    """``import vqgen`` is light (no torch), has the one version (which the checkpoint stamp
+    uses), and every name of ``__all__`` resolves lazily to the function it names."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vqgen; print(vqgen.__version__, 'torch' in sys.modules); "
+            "from vqgen.stage1_vqvae.runtime.checkpoint import VQGEN_VERSION; print(VQGEN_VERSION)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    version, loads_torch, stamp = out.stdout.split()
+    assert loads_torch == "False" and stamp == version
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+
+    import importlib
+    import importlib.metadata
+
+    import vqgen
+
+    assert importlib.metadata.version("vqgen") == vqgen.__version__  # pyproject reads it
+    assert sorted(vqgen.__all__) == sorted(["__version__", *vqgen._API])
+    for name in vqgen._API:
+        obj = getattr(vqgen, name)
+        assert callable(obj) and obj.__name__ == name
+        assert obj is getattr(importlib.import_module("vqgen" + vqgen._API[name]), name)
+    with pytest.raises(AttributeError):
+        vqgen.no_such_name  # noqa: B018

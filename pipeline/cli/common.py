@@ -246,13 +246,9 @@ def data_inputs(args: argparse.Namespace) -> list[tuple[str, object]]:
 
 
 def dataset_for(lit, args: argparse.Namespace, split: str):
-    """The split's dataset, transformed the way the checkpoint was trained."""
-    from vqgen.stage1_vqvae.data import build_dataset
+    """The split's dataset, transformed the way the checkpoint was trained (``--data``,
+    ``--data-root``, ``--download``, ``--val-fraction`` override it)."""
+    from vqgen.stage1_vqvae.lit import trained_dataset
 
-    hp = lit.hparams
-    return build_dataset(
-        args.data or hp.data, split, data_root=args.data_root, download=args.download,
-        channels=int(hp.channels), image_size=tuple(hp.image_size),
-        val_fraction=float(hp.val_fraction) if args.val_fraction is None else args.val_fraction,
-        seed=int(hp.seed),
-    )
+    return trained_dataset(lit, split, data=args.data, data_root=args.data_root,
+                           download=args.download, val_fraction=args.val_fraction)

@@ -1,14 +1,22 @@
-"""``vqgen demo``: the README's main job (the work itself is in :mod:`pipeline.demo`)."""
+"""``vqgen demo``: the README's main job, sized for a laptop CPU. It drives the other verbs
+(their parsers give it their defaults), so it lives with the CLI.
+
+Trains stage one on the embedded MNIST-5k digits, writes code maps, trains the prior,
+and samples one row per class. Each finished stage leaves ``done.json``; re-running reuses
+finished stages and resumes an unfinished one from its ``last.ckpt`` (Ctrl-C is safe).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from pathlib import Path
 
-from vqgen.pipeline.cli.common import (
-    add_verb,
-    positive_int,
-    seed_arg,
-)
+from vqgen.pipeline.cli.common import add_verb, positive_int, resolve_device, seed_arg
+from vqgen.pipeline.defaults import DEMO_GUIDANCE, DEMO_PRIOR_EPOCHS, DEMO_TEMPERATURE, DEMO_VQVAE_EPOCHS
+from vqgen.pipeline.formatting import format_number
+from vqgen.stage1_vqvae.runtime.fsutil import atomic_file
 
 
 def add_demo(subs) -> None:
@@ -27,7 +35,95 @@ def add_demo(subs) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vqgen.pipeline.demo import run_demo
-
     run_demo(args)
     return 0
+
+
+def _done(folder: Path) -> dict | None:
+    marker = folder / "done.json"
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def _mark_done(folder: Path, info: dict) -> None:
+    with atomic_file(folder / "done.json") as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def run_demo(args: argparse.Namespace) -> dict[str, Path]:
+    from vqgen.pipeline.cli.stage1 import add_train_vqvae, vqvae_config
+    from vqgen.pipeline.cli.stage2 import add_train_prior, prior_config
+    from vqgen.pipeline.generate import load_pair, make_labels, sample, write_samples
+    from vqgen.stage1_vqvae.train import train_vqvae
+    from vqgen.stage2_prior.train import train_prior
+
+    t0 = time.monotonic()
+    out = Path(args.out)
+    vq_dir, prior_dir, samples_dir = out / "vqvae", out / "prior", out / "samples"
+    device = resolve_device(args.device)
+    parser = argparse.ArgumentParser()  # the two verbs' own defaults, as the CLI has them
+    subs = parser.add_subparsers()
+    add_train_vqvae(subs)
+    add_train_prior(subs)
+
+    if (info := _done(vq_dir)) is not None:
+        print(f"[1/3] stage one: reusing {vq_dir} (finished; delete it to retrain)")
+    else:
+        resume = (vq_dir / "last.ckpt").is_file()
+        print(f"[1/3] stage one: {'resuming' if resume else 'training'} the VQ-VAE in {vq_dir}",
+              flush=True)
+        vargs = parser.parse_args(["train-vqvae", "--data", "mnist5k", "--seed", str(args.seed)])
+        model_args, data_args, _ = vqvae_config(vargs)
+        epochs = args.vqvae_epochs or DEMO_VQVAE_EPOCHS
+        t1 = time.monotonic()
+        res = train_vqvae(vq_dir, model_args, data_args=data_args,
+                          trainer_args=dict(max_epochs=epochs, accelerator=args.accelerator),
+                          resume=resume, overwrite=not resume, device=device)
+        info = {k: res.metrics.get(k) for k in ("val/psnr", "val/codebook_usage", "val/perplexity")}
+        info["seconds"] = round(time.monotonic() - t1, 1)  # fit + code maps
+        _mark_done(vq_dir, info)
+    print(f"      PSNR {format_number(info.get('val/psnr'), '.2f')} dB, codebook usage "
+          f"{format_number(info.get('val/codebook_usage'), '.1%')} ({time.monotonic() - t0:.0f}s)",
+          flush=True)
+
+    if (pinfo := _done(prior_dir)) is not None:
+        print(f"[2/3] stage two: reusing {prior_dir} (finished; delete it to retrain)")
+    else:
+        resume = (prior_dir / "last.ckpt").is_file()
+        print(f"[2/3] stage two: {'resuming' if resume else 'training'} the prior in {prior_dir}",
+              flush=True)
+        pargs = parser.parse_args(["train-prior", "--codes", str(vq_dir / "codes")])
+        model_args, batch_size, _ = prior_config(pargs)
+        epochs = args.prior_epochs or DEMO_PRIOR_EPOCHS
+        t1 = time.monotonic()
+        res = train_prior(vq_dir / "codes", prior_dir, model_args,
+                          trainer_args=dict(max_epochs=epochs, accelerator=args.accelerator),
+                          batch_size=batch_size, seed=args.seed, resume=resume,
+                          overwrite=not resume)
+        pinfo = {k: res.metrics.get(k) for k in ("val/nll", "val/bits_per_code")}
+        pinfo["seconds"] = round(time.monotonic() - t1, 1)
+        _mark_done(prior_dir, pinfo)
+    print(f"      held-out {format_number(pinfo.get('val/bits_per_code'), '.3f')} bits per code "
+          f"({time.monotonic() - t0:.0f}s)", flush=True)
+
+    print(f"[3/3] sampling {args.per_class} per class into {samples_dir}", flush=True)
+    prior, vqvae = load_pair(prior_dir / "last.ckpt", None, device)
+    labels = make_labels(prior, 0, None, args.per_class)
+    guidance = DEMO_GUIDANCE if args.guidance is None else args.guidance
+    temperature = DEMO_TEMPERATURE if args.temperature is None else args.temperature
+    res = sample(prior, vqvae, int(labels.shape[0]), labels=labels, guidance=guidance,
+                 temperature=temperature, seed=args.seed, device=device)
+    write_samples(samples_dir, res, class_names=list(prior.hparams.class_names),
+                  nrow=args.per_class,
+                  settings=dict(prior=str(prior_dir / "last.ckpt"), per_class=args.per_class,
+                                guidance=guidance, temperature=temperature, seed=args.seed))
+    paths = {
+        "vqvae": vq_dir / "last.ckpt", "codes": vq_dir / "codes", "prior": prior_dir / "last.ckpt",
+        "grid": samples_dir / "grid.png", "logs": out,
+    }
+    print(f"done in {time.monotonic() - t0:.0f}s")
+    print(f"  VQ-VAE checkpoint:  {paths['vqvae']}")
+    print(f"  code maps:          {paths['codes']}/{{train,val}}")
+    print(f"  prior checkpoint:   {paths['prior']}")
+    print(f"  reconstructions:    {vq_dir / 'previews'}")
+    print(f"  samples:            {paths['grid']} (one row per class)")
+    return paths

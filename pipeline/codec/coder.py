@@ -17,7 +17,7 @@ type or torch build) with near certainty and names the images.
 
 Labels: with a class-conditional prior, an image's label is coded first, uniformly over
 the classes (log2(num_classes) bits), and its codes under the class; ``labels="null"``
-codes every image under the null class instead (see the README for which is smaller).
+codes every image under the null class instead (docs/codec.md says which is smaller).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def one_thread() -> Iterator[None]:
     float32 sums (so the probabilities the coder sees) can differ in the last bit between
     2 threads and 1: a file made by a 1-thread process (``vqgen serve``'s workers, a CI
     job) then would not decode in a 2-thread one. One thread makes the file independent of
-    the process's thread setting; the README's codec speeds were measured on one thread."""
+    the process's thread setting; docs/codec.md's speeds were measured on one thread."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

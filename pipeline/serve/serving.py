@@ -18,7 +18,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -201,11 +200,9 @@ class Server:
 
     def _data(self):
         if self._dataset is None:
-            from vqgen.pipeline.cli.common import dataset_for
+            from vqgen.stage1_vqvae.lit import trained_dataset
 
-            args = SimpleNamespace(data=self.data, data_root=self.data_root, download=False,
-                                   val_fraction=None)
-            self._dataset = dataset_for(self.vqvae, args, "val")
+            self._dataset = trained_dataset(self.vqvae, "val", data=self.data, data_root=self.data_root)
             if len(self._dataset) == 0:
                 raise UserError("the checkpoint's validation split is empty; upload an image")
         return self._dataset

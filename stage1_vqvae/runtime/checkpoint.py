@@ -26,9 +26,11 @@ from typing import Any, TypeVar
 
 import torch
 
+from vqgen._version import __version__
+
 from .errors import MissingInputError, UserError
 
-VQGEN_VERSION = "0.1.0"
+VQGEN_VERSION = __version__  # one source of truth: src/vqgen/_version.py
 CHECKPOINT_FORMAT = 3
 T = TypeVar("T", bound=torch.nn.Module)
 KIND_HINT = {"vqvae": "--vqvae", "prior": "--prior"}
