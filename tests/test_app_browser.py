@@ -333,38 +333,3 @@ def test_compress_upload_errors_and_decode(browser, served, tiny_vqvae_run, tmp_
         (tmp_path / "dec" / "digit.png").read_bytes()]
     assert page.outside == []
     page.close()
-
-
-def test_timings(browser, served, tmp_path, tiny_prior_run):
-    """Press-to-pixels times, printed as JSON (not asserted: measured on a shared box):
-    sample 1 class x 16 images, and 8 completions of one painted image. Uses the demo
-    checkpoints when present, else the tiny ones."""
-    demo = DEMO_PRIOR.is_file()
-    server = Served(DEMO_PRIOR, tmp_path / "demo_log.txt") if demo else served
-    try:
-        page = _page(browser, server, tmp_path)
-        times = {"sample_16": [], "complete_8": []}
-        for seed in range(3):
-            old = _click_sample(page, "1", "1", seed)  # returns as "Sample" is clicked
-            t0 = time.perf_counter()
-            _wait_images(page, "sample-gallery", 16, "sample-status", old)
-            times["sample_16"].append(time.perf_counter() - t0)
-        _paint_a_random_item(page)
-        for seed in range(3):
-            page.locator("#complete-seed input").fill(str(seed))
-            page.locator("#complete-seed input").press("Tab")
-            old = _status(page, "complete-status")
-            t0 = time.perf_counter()
-            page.click("#complete-button")
-            _wait_images(page, "complete-gallery", 8, "complete-status", old)
-            times["complete_8"].append(time.perf_counter() - t0)
-        page.screenshot(path=str(tmp_path / "timed.png"), full_page=True)
-        page.close()
-    finally:
-        if demo:
-            server.stop()
-    print("\n" + json.dumps({
-        "checkpoints": str(DEMO_PRIOR) if demo else "tiny (test fixtures)",
-        "cpu_threads": 1, "cores": os.cpu_count(),
-        **{k: {"seconds": [round(t, 3) for t in v], "median": round(sorted(v)[1], 3)}
-           for k, v in times.items()}}))

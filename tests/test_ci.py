@@ -4,16 +4,19 @@ file that makes them drift apart fails here. No torch: these run in a second or 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / ".ci"))
-import readme_commands  # noqa: E402
+# .ci/ is not a package (it runs before anything is installed): load the script by path
+_spec = importlib.util.spec_from_file_location("readme_commands", ROOT / ".ci" / "readme_commands.py")
+assert _spec is not None and _spec.loader is not None
+readme_commands = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(readme_commands)
 
 README_INSTALL = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]"'
 README_TEST = ". .venv/bin/activate && python -m pytest"

@@ -132,29 +132,32 @@ def test_the_checkers_can_fail(tmp_path: Path):
     assert not _allowed("stage1_vqvae.b", "stage2_prior.m")
 
 
-def stage_one_modules_loaded_by(module: str) -> list[str]:
-    """The stage-one modules, other than the code-map module and the run machinery, that
-    importing ``module`` loads (in a fresh interpreter)."""
+def stage_one_modules_loaded_by(*modules: str) -> list[list[str]]:
+    """For each of ``modules``, imported in turn in one fresh interpreter, the stage-one
+    modules (other than the code-map module and the run machinery) loaded so far."""
     import os
     import subprocess
     import sys
 
-    code = (f"import sys, importlib; importlib.import_module({module!r}); "
-            "print(sorted(m for m in sys.modules if m.startswith('vqgen.stage1_vqvae.') "
-            "and m != 'vqgen.stage1_vqvae.codes' and not m.startswith('vqgen.stage1_vqvae.runtime')))")
+    code = ("import sys, importlib\n"
+            f"for m in {list(modules)!r}:\n"
+            "    importlib.import_module(m)\n"
+            "    print(sorted(n for n in sys.modules if n.startswith('vqgen.stage1_vqvae.') and "
+            "n != 'vqgen.stage1_vqvae.codes' and not n.startswith('vqgen.stage1_vqvae.runtime')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
-    return ast.literal_eval(out.stdout.strip())
+    return [ast.literal_eval(line) for line in out.stdout.strip().splitlines()]
 
 
 def test_stage_two_loads_no_vqvae_module():
     """Importing stage two's training and sampling loads nothing of stage one but the
     code-map module and the run machinery; the same probe on a pipeline module, which
     does load the VQ-VAE, finds it (so the probe's names are the ones modules load as)."""
-    assert stage_one_modules_loaded_by("vqgen.stage2_prior.train") == []
-    assert stage_one_modules_loaded_by("vqgen.stage2_prior.sampling") == []
-    assert "vqgen.stage1_vqvae.lit" in stage_one_modules_loaded_by("vqgen.pipeline.generate")
+    train, sampling, generate = stage_one_modules_loaded_by(
+        "vqgen.stage2_prior.train", "vqgen.stage2_prior.sampling", "vqgen.pipeline.generate")
+    assert train == [] and sampling == []
+    assert "vqgen.stage1_vqvae.lit" in generate
 
 
 def test_library_modules_do_not_import_the_cli():
