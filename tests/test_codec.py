@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -290,6 +292,25 @@ def test_cli_folder_keeps_names_and_maps_class_folders(tiny_prior_run, tmp_path,
     assert tree(out) == sorted(["3", "3/d0.png", "7", "7/d1.png", "cats", "cats/img2.png",
                                 "codes.npy", "decoded.json", "labels.npy"])
     np.testing.assert_array_equal(np.load(out / "labels.npy"), [3, 7, -1])
+    # a user's file inside a subfolder decompress wrote survives --overwrite, byte for byte;
+    # a folder it no longer owns, where it would write, is refused before anything changes
+    (out / "7" / "mine.txt").write_text("mine")
+    before = (out / "7" / "d1.png").stat().st_mtime_ns
+    rc, _, err = run(capsys, "decompress", vqz, "--out", out, "--overwrite")
+    assert rc == 0, err
+    assert (out / "7" / "mine.txt").read_text() == "mine"
+    assert tree(out) == sorted(["3", "3/d0.png", "7", "7/d1.png", "7/mine.txt", "cats",
+                                "cats/img2.png", "codes.npy", "decoded.json", "labels.npy"])
+    assert (out / "7" / "d1.png").stat().st_mtime_ns != before  # its own file was replaced
+    manifest = json.loads((out / "decoded.json").read_text())["files"]
+    assert "7/d1.png" in manifest and "7/mine.txt" not in manifest
+    (out / "7" / "d1.png").unlink()  # the user now owns that path: not in the manifest
+    (out / "decoded.json").write_text(json.dumps({"files": [f for f in manifest
+                                                             if f != "7/d1.png"]}))
+    (out / "7" / "d1.png").write_text("the user's now")
+    rc, _, err = run(capsys, "decompress", vqz, "--out", out, "--overwrite")
+    assert_usage_error(rc, err, "decompress", "holds 7,", "did not write")
+    assert (out / "7" / "d1.png").read_text() == "the user's now"
 
 
 def test_cli_bad_inputs(tiny_prior_run, val_file, tmp_path, capsys):
@@ -334,6 +355,13 @@ def test_cli_bad_inputs(tiny_prior_run, val_file, tmp_path, capsys):
     # nothing to compress / both kinds of input
     rc, _, err = run(capsys, "compress", "--prior", prior, "--out", tmp_path / "n.vqz")
     assert_usage_error(rc, err, "compress", "nothing to compress")
+    # a FIFO as --report, even with --overwrite: refused, and still a FIFO
+    fifo = tmp_path / "report.json"
+    os.mkfifo(fifo)
+    rc, _, err = run(capsys, "compress", "--prior", prior, folder, "--out", tmp_path / "f.vqz",
+                     "--report", fifo, "--overwrite")
+    assert_usage_error(rc, err, "compress", "a FIFO, not a regular file")
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and not (tmp_path / "f.vqz").exists()
     assert list(tmp_path.glob("*.tmp*")) == [] and not (tmp_path / "o1").exists()
     for o in ("o2", "o3", "o4"):
         assert not (tmp_path / o).exists()

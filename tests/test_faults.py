@@ -18,7 +18,7 @@ from tests.subproc import start, vqgen, wait_for
 from vqgen.pipeline.cli import main
 from vqgen.stage1_vqvae.codes import read_code_maps
 from vqgen.stage1_vqvae.lit import load_vqvae
-from vqgen.stage1_vqvae.runtime.fsutil import atomic_dir
+from vqgen.stage1_vqvae.runtime.fsutil import TEMP_MARK, atomic_dir
 from vqgen.stage1_vqvae.train import train_vqvae
 from vqgen.stage2_prior.lit import load_prior
 from vqgen.stage2_prior.train import train_prior
@@ -233,8 +233,9 @@ def test_sigkill_sample_leaves_no_output(tiny_vqvae_run: Path, tmp_path: Path):
 
 def test_stale_temp_of_a_live_process_is_kept(tmp_path: Path):
     """Only temps whose writer is gone are removed: a concurrent run's stay."""
-    live = tmp_path / f".out.{os.getppid()}.abc.tmp"
+    live = tmp_path / f".out.vqgen-{os.getppid()}.abcdefgh.tmp"  # the form make_temp_dir makes
     live.mkdir()
+    (live / TEMP_MARK).touch()
     with atomic_dir(tmp_path / "out") as tmp:
         (tmp / "x").write_text("1")
     assert live.exists() and (tmp_path / "out" / "x").exists()

@@ -19,6 +19,7 @@ from vqgen.pipeline.cli.stage1 import add_decode, add_encode, add_reconstruct, a
 from vqgen.pipeline.cli.stage2 import add_sample, add_train_prior
 from vqgen.pipeline.defaults import EXAMPLES
 from vqgen.stage1_vqvae.runtime.errors import UserError
+from vqgen.stage1_vqvae.runtime.outputs import release_output_locks
 
 ADDERS: list[Callable] = [add_train_vqvae, add_encode, add_reconstruct, add_decode, add_train_prior,
                           add_sample, add_demo, add_evaluate, add_compress, add_decompress,
@@ -78,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         _close_process_group()
+        release_output_locks()  # the next command (in this process or another) may claim it
 
 
 def _close_process_group() -> None:

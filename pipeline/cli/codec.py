@@ -46,16 +46,14 @@ def add_compress(subs) -> None:
 
 
 def _check_new_output(path: Path, overwrite: bool, flag: str, inputs: list[Path]) -> None:
-    if path.is_dir():
-        raise UsageError(f"{flag} {path} is a folder, expected a file path")
-    if path.exists() and not overwrite:
-        raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    from vqgen.stage1_vqvae.runtime.outputs import check_output_file
+
+    # only the same path is refused: a .vqz inside the image folder it codes is fine
     resolved = path.resolve()
     for p in inputs:
         if p.exists() and p.resolve() == resolved:
             raise UsageError(f"{flag} {path} is also an input of this command; write elsewhere")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise UsageError(f"{flag} {path}: {path.parent} is not a folder")
+    check_output_file(path, overwrite=overwrite, flag=flag)
 
 
 def _input_set(args: argparse.Namespace, prior, vqvae):

@@ -213,16 +213,11 @@ def print_metrics(metrics: dict[str, float], keys: Sequence[str]) -> None:
 def check_new_file(path: Path, overwrite: bool, inputs: Sequence[tuple[str, object]] = ()) -> None:
     """A single output file (``--out x.png``): never an input, writable, and an existing one
     only with ``--overwrite`` (the file is the verb's whole output)."""
-    from vqgen.stage1_vqvae.runtime.outputs import check_not_input, check_writable
+    from vqgen.stage1_vqvae.runtime.outputs import check_output_file
 
-    if path.is_dir():
-        raise UsageError(f"--out {path} is a folder, expected a .png file path")
-    if path.suffix.lower() != ".png":
+    if path.suffix.lower() != ".png" and not path.is_dir():
         raise UsageError(f"--out {path}: expected a .png file name")
-    check_not_input(path, inputs)
-    if path.exists() and not overwrite:
-        raise UsageError(f"{path} exists; pass --overwrite to replace it")
-    check_writable(path)
+    check_output_file(path, overwrite=overwrite, inputs=inputs)
 
 
 def claim_out_dir(path: Path, *, verb: str, overwrite: bool, manifest: str,

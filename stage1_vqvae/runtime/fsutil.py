@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -28,15 +29,45 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# Temp names this program makes: ".{name}.vqgen-{pid}.{8 random}.tmp{suffix}" beside
+# ``name``; a temp folder also holds TEMP_MARK. The sweep below removes only names of exactly
+# that form (and folders only with the mark), so a user's ".samples.20240101.tmp.txt" or
+# ".samples.7777777.backup.tmp" is never taken for a dead run's leftovers.
+TEMP_MARK = ".vqgen-temp"
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.vqgen-{os.getpid()}."
+
+
+def _temp_owner(path: Path, candidate: Path) -> int | None:
+    """The writer's pid when ``candidate`` is one of our temps for ``path``, else None."""
+    m = re.fullmatch(rf"\.{re.escape(path.name)}\.vqgen-(\d+)\.[a-z0-9_]{{8}}\.tmp(\.[^/]*)?",
+                     candidate.name)
+    if m is None:
+        return None
+    if candidate.is_symlink() or (candidate.is_dir() and not (candidate / TEMP_MARK).is_file()):
+        return None
+    return int(m.group(1))
+
+
+def make_temp_dir(path: Path) -> Path:
+    """A fresh temp folder beside ``path``, marked as ours, with mkdir's usual mode."""
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    (tmp / TEMP_MARK).touch()
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); give mkdir's mode
+    return tmp
+
+
 def remove_stale_temps(path: Path) -> list[Path]:
-    """Delete temp files/folders ``.{name}.{pid}.*.tmp*`` beside ``path`` whose writing
-    process is gone (killed mid-write, e.g. by SIGKILL, which no ``finally`` survives)."""
+    """Delete our temp files/folders beside ``path`` whose writing process is gone (killed
+    mid-write, e.g. by SIGKILL, which no ``finally`` survives); see TEMP_MARK."""
     removed = []
     if not path.parent.is_dir():
         return removed
-    for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
-        pid_text = p.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text)):
+    for p in path.parent.glob(f".{glob.escape(path.name)}.vqgen-*.tmp*"):
+        pid = _temp_owner(path, p)
+        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
     return removed
@@ -48,7 +79,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp" + path.suffix,
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp" + path.suffix,
                                dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); give open()'s mode
@@ -69,11 +100,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
-                                dir=path.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); give mkdir's mode
+    tmp = make_temp_dir(path)
     try:
         yield tmp
+        (tmp / TEMP_MARK).unlink()
         replace_dir(tmp, path)
     finally:
         if tmp.exists():
@@ -108,7 +138,7 @@ def replace_dir(new: str | os.PathLike, path: str | os.PathLike) -> None:
     if _exchange(new, path):
         shutil.rmtree(new, ignore_errors=True)  # now holds the old folder
         return
-    old = path.with_name(f".{path.name}.{os.getpid()}.old.tmp")
-    os.replace(path, old)
+    old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    os.replace(path, old)  # (onto the empty folder just made: a name no one else holds)
     os.replace(new, path)
     shutil.rmtree(old, ignore_errors=True)
