@@ -444,3 +444,52 @@ def test_unconditional_prior_round_trip(tiny_uncond_prior, val):
     dec = decode_codes(res.data, prior, vqvae)
     assert torch.equal(dec.codes, codes) and bool((dec.labels == -1).all())
     assert not res.label_bits.any()
+
+
+@pytest.mark.parametrize("names, needle", [
+    (["a.png", "b.png", "a.png"], "is repeated"),
+    (["0/d0.png", "0/d0.jpg"], None),  # both kept: suffixes become part of the name
+    (["7/b.jpg", "7/b.png/x.png"], "needs a folder '7/b.png'"),
+    (["x" * 252 + ".jpg"], "bytes as"),
+    (["ok.png", "n\0ul.png"], "NUL"),
+    (["../up.png"], "outside the output folder"),
+])
+def test_names_that_cannot_each_be_one_file_are_refused(names, needle):
+    from vqgen.pipeline.codec.coder import output_names
+
+    if needle is None:
+        assert output_names(names) == ["0/d0.png.png", "0/d0.jpg.png"]
+        return
+    for where, also in (("compress", "rename it"), ("decompress", "not written by")):
+        with pytest.raises(VqzError, match=needle) as e:
+            output_names(names, where=where)
+        assert also in str(e.value)
+
+
+def test_a_vqz_whose_names_repeat_is_refused_and_nothing_written(val_file, tmp_path, capsys):
+    from vqgen.pipeline.codec.vqz import read_records, write_vqz
+
+    data = val_file.read_bytes()
+    header, start = read_header(data)
+    records = read_records(data, header, start)
+    header.names = ["same"] * header.count  # 500 images, one name: one PNG if written
+    bad = tmp_path / "repeat.vqz"
+    bad.write_bytes(write_vqz(header, records))
+    rc, _, err = run(capsys, "decompress", bad, "--out", tmp_path / "o", "--device", "cpu")
+    assert_usage_error(rc, err, "decompress", "'same'", "is repeated")
+    assert not (tmp_path / "o").exists()
+
+
+def test_compress_refuses_a_folder_decompress_could_not_write_back(tiny_prior_run, tmp_path,
+                                                                     capsys):
+    from vqgen.stage1_vqvae.runtime.grid import save_png
+
+    ds = build_dataset("mnist5k", "val")
+    src = tmp_path / "in"
+    (src / "7" / "b.png").mkdir(parents=True)  # a folder named like b.jpg's decoded file
+    save_png(ds[0][0], src / "7" / "b.jpg")
+    save_png(ds[1][0], src / "7" / "b.png" / "c.png")
+    rc, _, err = run(capsys, "compress", "--prior", tiny_prior_run / "last.ckpt", src,
+                     "--device", "cpu", "--out", tmp_path / "x.vqz")
+    assert_usage_error(rc, err, "compress", "7/b.png", "rename it")
+    assert not (tmp_path / "x.vqz").exists()

@@ -540,6 +540,9 @@ BAD = {
     # the null class there is no class to guide towards
     "guidance with the null class": (lambda t: ["--box", "0,0,9,9", "--guidance", "2",
                                                 "--null-class"], ["needs a class"]),
+    # sample's seed check: a negative seed was accepted, 2**63 overflowed in a traceback
+    "seed -1": (lambda t: ["--box", "0,0,9,9", "--seed", "-1"], ["--seed", "must be in [0,"]),
+    "seed 2**63": (lambda t: ["--box", "0,0,9,9", "--seed", str(2**63)], ["--seed", "2**32 - 1"]),
 }
 
 

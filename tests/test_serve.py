@@ -42,9 +42,10 @@ def test_serve_refuses_a_taken_port_and_a_missing_prior(tiny_prior_run, capsys):
         assert_usage_error(rc, err, "serve", f"cannot listen on 127.0.0.1:{port}")
     rc, _, err = run(capsys, "serve", "--prior", "nope.ckpt")
     assert_usage_error(rc, err, "serve", "--prior nope.ckpt does not exist")
-    rc, _, err = run(capsys, "serve", "--prior", tiny_prior_run / "last.ckpt",
-                     "--max-upload-mb", "0")
-    assert_usage_error(rc, err, "serve", "--max-upload-mb 0")
+    for bad in ("0", "inf", "nan"):  # inf was accepted: no upload limit at all
+        rc, _, err = run(capsys, "serve", "--prior", tiny_prior_run / "last.ckpt",
+                         "--max-upload-mb", bad)
+        assert_usage_error(rc, err, "serve", "--max-upload-mb", f"'{bad}'", "finite number > 0")
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +110,27 @@ def test_baselines_meet_the_target_psnr():
     impossible = lossy_at_psnr(u8, "webp", 200.0)
     assert impossible.bits is None and impossible.psnr_db < 200
     assert psnr_u8(u8, u8) > 100
+
+
+def test_decompress_keeps_the_folders_of_the_names(server, tiny_prior_run, tmp_path, capsys):
+    """0/d.png and 9/d.png are two images: both come back, at their own paths."""
+    from tests.test_cli_stage1 import run
+    from vqgen.stage1_vqvae.data import build_dataset
+    from vqgen.stage1_vqvae.runtime.grid import save_png
+
+    ds = build_dataset("mnist5k", "val")
+    src = tmp_path / "digits"
+    for i, cls in enumerate(["0", "9"]):
+        (src / cls).mkdir(parents=True)
+        save_png(ds[i][0], src / cls / "d.png")
+    vqz = tmp_path / "d.vqz"
+    rc, _, err = run(capsys, "compress", "--prior", tiny_prior_run / "last.ckpt", src,
+                     "--device", "cpu", "--out", vqz)
+    assert rc == 0, err
+    upload = server.new_folder("upload") / "d.vqz"
+    upload.write_bytes(vqz.read_bytes())
+    res = server.decompress(upload)
+    decoded = [Path(f) for f in res.images]
+    assert sorted(f.relative_to(decoded[0].parent.parent).as_posix() for f in decoded) == [
+        "0/d.png", "9/d.png"]
+    assert decoded[0].read_bytes() != decoded[1].read_bytes()

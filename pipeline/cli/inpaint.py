@@ -18,6 +18,7 @@ from vqgen.pipeline.cli.common import (
     non_negative_int,
     positive_int,
     resolve_device,
+    seed_arg,
 )
 
 DEFAULT_GROW = 0
@@ -53,7 +54,7 @@ def _add_common(p: argparse.ArgumentParser, num_default: int) -> None:
     s.add_argument("--null-class", action="store_true",
                    help="without --class, use the prior's null class instead of inferring the "
                    "class from the known codes (one forward pass instead of one per class)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_arg, default=0)
     s.add_argument("--batch-size", type=positive_int, default=512,
                    help="candidate grids per sampler call (default 512)")
     s.add_argument("--device", default="auto")

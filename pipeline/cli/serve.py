@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vqgen.pipeline.cli.common import UsageError, add_verb, resolve_device
+from vqgen.pipeline.cli.common import UsageError, add_verb, positive_float, resolve_device
 from vqgen.stage1_vqvae.runtime.errors import MissingInputError, UserError
 
 DEFAULT_PORT = 7860
@@ -33,7 +33,7 @@ def add_serve(subs) -> None:
                    "serves the network, with no authentication)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
-    p.add_argument("--max-upload-mb", type=float, default=10.0,
+    p.add_argument("--max-upload-mb", type=positive_float, default=10.0,
                    help="largest file a visitor may upload, in MB (default 10)")
     p.add_argument("--data", default=None,
                    help="data for random images and the model card (default: the VQ-VAE's)")
@@ -67,8 +67,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         "pip install \"vqgen[app]\")")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port} must be in 0..65535")
-    if not args.max_upload_mb > 0:
-        raise UsageError(f"--max-upload-mb {args.max_upload_mb} must be a positive number")
     for flag, path in (("--prior", args.prior), ("--vqvae", args.vqvae)):
         if path is not None and not Path(path).is_file():
             raise MissingInputError(f"{flag} {path} does not exist; give a .ckpt file")

@@ -233,6 +233,7 @@ def compress_codes(
     names = index_names(count) if names is None else [str(n) for n in names]
     if len(names) != count or any("\n" in n or not n for n in names):
         raise UserError(f"names: expected {count} non-empty names without newlines")
+    output_names(names, where="compress")  # a file decompress could not write out: refuse now
     labels, flags = _check_labels(prior, labels, count, label_mode)
     prior_path, prior_sha = checkpoint_sha256(prior, "prior")
     vqvae_path, vqvae_sha = checkpoint_sha256(vqvae, "vqvae")
@@ -525,17 +526,51 @@ def relative_names(paths: Sequence[Path], root: Path | None) -> list[str]:
     return [Path(os.path.relpath(p, root)).as_posix() for p in paths]
 
 
-def output_names(names: Sequence[str]) -> list[str]:
+# a name component longer than this cannot be a file on common file systems (ext4, APFS,
+# NTFS: 255 bytes / characters)
+MAX_NAME_BYTES = 255
+
+
+def output_names(names: Sequence[str], where: str = "decompress") -> list[str]:
     """PNG file names for decoded images: each name with its suffix made ``.png``; when
     that makes two names equal (a.jpg, a.png), every name keeps its suffix plus ``.png``.
-    Refuses names that would leave the output folder."""
+
+    Refuses (VqzError, naming the image) what could not be written as one file each: names
+    that would leave the output folder, a NUL, a part too long for a file system, repeated
+    names (20 images into one PNG), and a name that is another's folder (7/b.png beside
+    7/b.png/c.png). ``where``: "compress" checks before coding, "decompress" before writing.
+    """
+    def refuse(n: str, why: str) -> VqzError:
+        if where == "compress":
+            return VqzError(f"image {n!r} {why}; `vqgen decompress` could not write it back: "
+                            "rename it")
+        return VqzError(f"image name {n!r} in the file {why}; it was not written by "
+                        "`vqgen compress`")
+
     for n in names:
         parts = Path(n).parts
         if Path(n).is_absolute() or ".." in parts or not parts:
-            raise VqzError(f"image name {n!r} would be written outside the output folder; "
-                           "the file was not written by `vqgen compress`")
+            raise refuse(n, "would be written outside the output folder")
+        if "\0" in n:
+            raise refuse(n, "holds a NUL character")
     out = [Path(n).with_suffix(".png").as_posix() if Path(n).suffix else f"{n}.png"
            for n in names]
     if len(set(out)) < len(out):
         out = [f"{n}.png" for n in names]
+    seen: dict[str, str] = {}
+    for n, o in zip(names, out, strict=True):
+        if o in seen:
+            raise refuse(n, f"is repeated (or decodes to the same file {o!r} as {seen[o]!r})")
+        seen[o] = n
+    for n, o in zip(names, out, strict=True):
+        long = [p for p in o.split("/") if len(p.encode("utf-8")) > MAX_NAME_BYTES]
+        if long:
+            raise refuse(n, f"has a part of {len(long[0].encode())} bytes as {o!r} (file "
+                         f"systems allow {MAX_NAME_BYTES})")
+        parts = o.split("/")
+        for k in range(1, len(parts)):
+            folder = "/".join(parts[:k])
+            if folder in seen:
+                raise refuse(n, f"needs a folder {folder!r} where image {seen[folder]!r} is "
+                             "written as a file")
     return out

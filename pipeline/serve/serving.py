@@ -335,7 +335,8 @@ class Server:
         out.mkdir()
         files = []
         for name, img in zip(output_names(header.names), images, strict=True):
-            f = out / Path(name).name
+            f = out / name  # the folders too: 0/d0.png and 9/d0.png are two images
+            f.parent.mkdir(parents=True, exist_ok=True)
             save_png(img, f)
             files.append(f)
         return Result(folder, files, {}, f"{header.count} images decoded from {p.name} "
