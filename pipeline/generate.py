@@ -17,6 +17,7 @@ from vqgen.stage1_vqvae.lit import LitVQVAE, load_vqvae, require_codes
 from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
 from vqgen.stage1_vqvae.runtime.errors import MissingInputError, UserError
 from vqgen.stage1_vqvae.runtime.grid import save_grid, save_png
+from vqgen.stage1_vqvae.runtime.memory import available_memory
 from vqgen.stage1_vqvae.runtime.outputs import owned_output_dir
 from vqgen.stage2_prior.lit import LitPrior, load_prior
 from vqgen.stage2_prior.sampling import sample as sample_codes
@@ -85,29 +86,16 @@ def load_pair(
     return prior, vqvae
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable), or None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_memory(num: int, vqvae: LitVQVAE) -> None:
+def check_memory(num: int, vqvae: LitVQVAE, asked: str | None = None) -> None:
     """Refuse a sample count whose results (held in memory until written) cannot fit,
-    naming the memory it would need, before any sampling."""
+    naming the memory it would need, before any sampling. ``asked``: how the count was
+    asked for, for the message (default ``--num N``)."""
     h, w = vqvae.code_shape
     per = 4 * int(vqvae.hparams.channels) * int(np.prod(vqvae.hparams.image_size)) + 8 * h * w
     need, have = num * per, available_memory()
     if have is not None and need > 0.8 * have:
-        raise UserError(f"--num {num} would hold {need / 2**30:.1f} GiB of images in memory, "
+        raise UserError(f"{asked or f'--num {num}'} would hold {need / 2**30:.1f} GiB of images "
+                        f"in memory, "
                         f"more than the {have / 2**30:.1f} GiB available; sample at most "
                         f"{max(1, int(0.8 * have // per))} per run (several --out folders, "
                         "other --seed)")

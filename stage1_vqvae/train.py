@@ -16,7 +16,7 @@ from .lit import LitVQVAE, has_codes, load_vqvae, stage_one_class
 from .runtime.checkpoint import file_sha256, read_checkpoint
 from .runtime.data_order import saved_loader_state
 from .runtime.outputs import claim_output_dir
-from .runtime.run_dir import prepare_run_dir, remove_run_files
+from .runtime.run_dir import prepare_run_dir, record_run_files, remove_run_files
 from .runtime.trainer import make_trainer, quiet_lightning
 
 
@@ -115,6 +115,7 @@ def train_vqvae(
         # a new run that failed before its first checkpoint (e.g. a corrupt image) leaves
         # nothing behind, so the same command works once the input is fixed
         if ckpt_path is None and not (out / "last.ckpt").exists():
+            record_run_files(out)
             remove_run_files(out)
             if not existed and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
@@ -126,6 +127,8 @@ def train_vqvae(
     if write_codes and trainer.is_global_zero and has_codes(lit):
         final = load_vqvae(last)
         codes = write_all_code_maps(final, dm, out / "codes", last, device=device)
+    if trainer.is_global_zero:
+        record_run_files(out)
     return TrainResult(out, last, best if best.exists() else None, codes, metrics,
                        trainer.is_global_zero)
 

@@ -13,7 +13,7 @@ from vqgen.stage1_vqvae.codes import read_meta
 from vqgen.stage1_vqvae.runtime.checkpoint import read_checkpoint
 from vqgen.stage1_vqvae.runtime.data_order import saved_loader_state
 from vqgen.stage1_vqvae.runtime.errors import UserError
-from vqgen.stage1_vqvae.runtime.run_dir import prepare_run_dir
+from vqgen.stage1_vqvae.runtime.run_dir import prepare_run_dir, record_run_files
 from vqgen.stage1_vqvae.runtime.trainer import make_trainer, quiet_lightning
 
 from .data import CodeMapDataModule
@@ -98,6 +98,8 @@ def train_prior(
         )
     trainer = make_trainer(out, monitor="val/nll", mode="min", **trainer_args)
     trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    if trainer.is_global_zero:
+        record_run_files(out)  # the logs written after the last checkpoint
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best = out / "best.ckpt"
     return PriorResult(out, out / "last.ckpt", best if best.exists() else None, metrics,

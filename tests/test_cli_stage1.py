@@ -533,3 +533,34 @@ def test_last_ckpt_is_refreshed_when_validation_does_not_improve(tmp_path: Path)
     best = torch.load(out / "best.ckpt", weights_only=True)
     assert last["global_step"] == 2 * TINY_STEPS_PER_EPOCH
     assert best["global_step"] == TINY_STEPS_PER_EPOCH
+
+
+def test_overwrite_removes_only_what_the_run_wrote(tiny_vqvae_run: Path, tmp_path: Path, capsys):
+    """--overwrite deletes the previous run's files by its manifest, not by folder name: the
+    user's notes inside logs/, previews/ and codes/ survive; one inside a code-map folder,
+    which a run replaces whole, is refused before anything is deleted."""
+    import json
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_vqvae_run, out)
+    owned = json.loads((out / ".vqgen-run.json").read_text())["files"]
+    assert "last.ckpt" in owned and "codes/train/codes.npy" in owned
+    assert any(f.startswith("logs/") and f.endswith("metrics.csv") for f in owned)
+    mine = {"logs/mine.txt": "a", "previews/notes.md": "b", "codes/README": "c"}
+    for rel, text in mine.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    (out / "codes" / "val" / "label-notes.txt").write_text("d")
+    old_ckpt = (out / "last.ckpt").read_bytes()
+    rc, _, err = run(capsys, *tiny_train_argv(out, "--overwrite"))
+    assert_usage_error(rc, err, "train-vqvae", "codes/val/label-notes.txt", "replaces whole")
+    assert (out / "last.ckpt").read_bytes() == old_ckpt  # refused before anything went
+    (out / "codes" / "val" / "label-notes.txt").unlink()
+    rc, _, err = run(capsys, *tiny_train_argv(out, "--overwrite", "--seed", "1"))
+    assert rc == 0, err
+    for rel, text in mine.items():
+        assert (out / rel).read_text() == text, rel
+    assert (out / "last.ckpt").read_bytes() != old_ckpt
+    now = json.loads((out / ".vqgen-run.json").read_text())
+    assert not set(mine) & set(now["files"]) and set(mine) <= set(now["user"])
+    assert "codes/train/meta.json" in now["files"]

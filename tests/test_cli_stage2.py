@@ -527,3 +527,57 @@ def test_readme_python_example_runs_on_the_demo(demo_run, monkeypatch):
     exec(compile(body.replace("checkpoints/demo", out.name), "README.md", "exec"), scope)
     assert scope["out"].codes.shape == (16, 7, 7)
     assert scope["out"].images.shape == (16, 1, 28, 28)
+
+
+def test_demo_keeps_the_users_files_and_refuses_a_folder_not_its_own(demo_run, tmp_path: Path):
+    """demo has no --overwrite: in its own folder a re-run keeps every file the user added
+    (inside its run and sample folders too); a folder that is not a demo's is refused whole."""
+    src, _ = demo_run
+    out = tmp_path / "demo"
+    shutil.copytree(src, out)
+    assert (out / "demo.json").is_file()
+    (out / "prior" / "done.json").unlink()  # so the prior trains again (a fresh run here)
+    (out / "prior" / "last.ckpt").unlink()
+    mine = {"vqvae/logs/mine.txt": "a", "vqvae/previews/mine.png": "b",
+            "vqvae/codes/mine.txt": "c", "prior/logs/mine.txt": "d", "samples/mine.txt": "e",
+            "notes.md": "f"}
+    for rel, text in mine.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    rc, stdout = run_demo_cli(out)
+    assert rc == 0, stdout
+    for rel, text in mine.items():
+        assert (out / rel).read_text() == text, rel
+    # a folder of the user's own samples (no demo.json, no demo run): refused, untouched
+    theirs = tmp_path / "theirs"
+    (theirs / "samples").mkdir(parents=True)
+    (theirs / "samples" / "grid.png").write_bytes(b"my grid")
+    (theirs / "samples" / "000003.png").write_bytes(b"my png")
+    before = tree(theirs)
+    rc, stdout = run_demo_cli(theirs)
+    assert rc == 2
+    assert tree(theirs) == before and (theirs / "samples" / "grid.png").read_bytes() == b"my grid"
+    # its samples/ without samples.json: grid.png is no longer provably the demo's: refused
+    (out / "samples" / "samples.json").unlink()
+    rc, stdout = run_demo_cli(out)
+    assert rc == 2 and (out / "samples" / "mine.txt").read_text() == "e"
+
+
+def test_demo_refuses_bad_guidance_before_any_work(tmp_path: Path, capsys):
+    rc, _, err = run(capsys, "demo", "--out", tmp_path / "d", "--guidance", "-5")
+    assert_usage_error(rc, err, "demo", "--guidance", "'-5'")
+    assert not (tmp_path / "d").exists()
+
+
+def test_grid_row_labels_with_newlines_and_long_names_are_drawn_on_one_line():
+    """A class folder named "cats\\nand dogs" trained fine, then crashed sample --per-class
+    in the grid's label drawing (Pillow measures no multi-line text)."""
+    from vqgen.stage1_vqvae.runtime.grid import MAX_LABEL_CHARS, make_grid_image, printable_label
+
+    labels = ["cats\nand dogs", "x" * 300, "tab\there"]
+    grid = make_grid_image(torch.rand(3, 1, 28, 28), 1, labels)
+    assert grid.size[1] == 3 * (56 + 2) + 2
+    assert printable_label("cats\nand dogs") == "cats and dogs"
+    assert len(printable_label("x" * 300)) == MAX_LABEL_CHARS
+    narrow = make_grid_image(torch.rand(3, 1, 28, 28), 1, ["a", "b", "c"])
+    assert grid.size[0] - narrow.size[0] < 400  # a 300-character name does not widen it much

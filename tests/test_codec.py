@@ -493,3 +493,47 @@ def test_compress_refuses_a_folder_decompress_could_not_write_back(tiny_prior_ru
                      "--device", "cpu", "--out", tmp_path / "x.vqz")
     assert_usage_error(rc, err, "compress", "7/b.png", "rename it")
     assert not (tmp_path / "x.vqz").exists()
+
+
+def _header_bytes(header, count: int, names_blob: bytes | None) -> bytes:
+    """A .vqz header as write_vqz lays it out, with any image count and name table (no
+    records): what a hostile file can say without the bytes to back it."""
+    import struct
+    import zlib
+
+    from vqgen.pipeline.codec import vqz
+
+    h, w = header.code_shape
+    body = bytearray(bytes.fromhex(header.prior_sha256) + bytes.fromhex(header.vqvae_sha256))
+    body += vqz._str(header.prior_path) + vqz._str(header.vqvae_path)
+    for n in (h, w, header.num_codes, header.num_classes, count, header.batch_size, count):
+        body += vqz._varint(n)
+    body += bytes([header.label_mode]) + vqz._str(header.device_type) + vqz._str(header.source)
+    if names_blob is None:
+        body += bytes([vqz.NAMES_INDEX])
+    else:
+        body += bytes([vqz.NAMES_LIST]) + vqz._varint(len(names_blob)) + names_blob
+    out = bytearray(vqz.MAGIC + bytes([vqz.FORMAT_VERSION]) + vqz._varint(len(body)) + body)
+    return bytes(out + struct.pack("<I", zlib.crc32(out)))
+
+
+def test_counts_and_name_tables_are_bounded_before_anything_is_allocated(val_file, tmp_path,
+                                                                           capsys):
+    import resource
+    import zlib
+
+    header, _ = read_header(val_file.read_bytes())
+    huge = tmp_path / "huge.vqz"  # ~170 bytes saying 10**12 images (names built: 56 TB)
+    huge.write_bytes(_header_bytes(header, 10**12, None))
+    bomb = zlib.compressobj(9)  # 50 MB of "a" in ~50 KB, as the names of 10 images
+    blob = b"".join(bomb.compress(b"a" * 2**20) for _ in range(50)) + bomb.flush()
+    (tmp_path / "bomb.vqz").write_bytes(_header_bytes(header, 10, blob))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rc, _, err = run(capsys, "decompress", huge, "--out", tmp_path / "o1", "--device", "cpu")
+    assert_usage_error(rc, err, "decompress", "1,000,000,000,000 images", "GiB")
+    rc, _, err = run(capsys, "decompress", tmp_path / "bomb.vqz", "--out", tmp_path / "o2",
+                     "--device", "cpu")
+    assert_usage_error(rc, err, "decompress", "name table inflates past")
+    # the refusals held no more than a few MB (ru_maxrss is in KiB on Linux)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100 * 1024
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

@@ -3,6 +3,7 @@ or sample; and determinism (same seed, same steps -> the same bits on CPU)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from vqgen.pipeline.cli import main
 from vqgen.stage1_vqvae.codes import read_code_maps
 from vqgen.stage1_vqvae.lit import load_vqvae
 from vqgen.stage1_vqvae.runtime.fsutil import TEMP_MARK, atomic_dir
+from vqgen.stage1_vqvae.runtime.run_dir import RUN_MANIFEST
 from vqgen.stage1_vqvae.train import train_vqvae
 from vqgen.stage2_prior.lit import load_prior
 from vqgen.stage2_prior.train import train_prior
@@ -156,8 +158,10 @@ def test_sigkill_train_vqvae_then_resume(tmp_path: Path):
     assert final["global_step"] == steps * epochs  # the planned number of steps, no more
     lit = load_vqvae(run / "last.ckpt")
     assert read_code_maps(run / "codes" / "val").meta["num_codes"] == lit.num_codes
-    leftovers = [p.name for p in run.iterdir() if p.name.startswith(".")]
+    # no temp files left; the run's manifest (what --overwrite may remove) is meant to stay
+    leftovers = [p.name for p in run.iterdir() if p.name.startswith(".") and p.name != RUN_MANIFEST]
     assert not leftovers, leftovers
+    assert "codes/val/meta.json" in json.loads((run / RUN_MANIFEST).read_text())["files"]
 
 
 def test_sigkill_train_prior_then_resume(tiny_vqvae_run: Path, tmp_path: Path):

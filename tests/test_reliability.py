@@ -226,6 +226,8 @@ def test_training_nothing_is_refused_up_front(verb: str, flag: str, tiny_vqvae_r
     (["train-prior", "--seed", str(2**70)], ["--seed"]),
     (["sample", "--device", "nonsense"], ["--device", "nonsense"]),
     (["sample", "--num", "1000000000"], ["--num 1000000000", "GiB"]),
+    # the count is checked before 10**12 labels are built (that was a MemoryError traceback)
+    (["sample", "--per-class", "100000000000"], ["--per-class 100000000000", "GiB"]),
     (["train-prior", "--num-workers", "-1"], ["--num-workers"]),
     (["train-prior", "--kernel-size", "10001"], ["--kernel-size 10001", "at most 15"]),
     (["train-prior", "--max-steps", "-5"], ["--max-steps -5"]),

@@ -13,7 +13,15 @@ import json
 import time
 from pathlib import Path
 
-from vqgen.pipeline.cli.common import add_verb, positive_int, resolve_device, seed_arg
+from vqgen.pipeline.cli.common import (
+    add_verb,
+    claim_out_dir,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    resolve_device,
+    seed_arg,
+)
 from vqgen.pipeline.defaults import DEMO_GUIDANCE, DEMO_PRIOR_EPOCHS, DEMO_TEMPERATURE, DEMO_VQVAE_EPOCHS
 from vqgen.pipeline.formatting import format_number
 from vqgen.stage1_vqvae.runtime.fsutil import atomic_file
@@ -26,8 +34,8 @@ def add_demo(subs) -> None:
     p.add_argument("--vqvae-epochs", type=positive_int, default=None)
     p.add_argument("--prior-epochs", type=positive_int, default=None)
     p.add_argument("--per-class", type=positive_int, default=10)
-    p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--guidance", type=non_negative_float, default=None)
+    p.add_argument("--temperature", type=positive_float, default=None)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=seed_arg, default=0)
@@ -44,9 +52,35 @@ def _done(folder: Path) -> dict | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
-def _mark_done(folder: Path, info: dict) -> None:
-    with atomic_file(folder / "done.json") as tmp:
+def _mark_done(folder: Path, info: dict, name: str = "done.json") -> None:
+    with atomic_file(folder / name) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
+
+
+DEMO_MANIFEST = "demo.json"  # marks a folder as the demo's: re-runs may resume in it
+DEMO_PARTS = ("vqvae", "prior", "samples", DEMO_MANIFEST)
+
+
+def claim_demo_dir(out: Path) -> None:
+    """The output policy for ``demo --out``, which has no ``--overwrite``: a new or empty
+    folder, or a demo's own (``demo.json``, or an earlier vqgen's demo: ``vqvae/`` holding a
+    run) to resume in. Anything else in it is the user's and refused here; inside the demo's
+    folders the verbs' own rules keep the user's files (training replaces only what its run
+    wrote, sampling only its listed files, and refuses to write over one it did not)."""
+    from vqgen.pipeline.generate import SAMPLE_FILES, SAMPLES_MANIFEST
+    from vqgen.stage1_vqvae.runtime.outputs import claim_output_dir, lock_output, numbered_png
+
+    ours = (out / DEMO_MANIFEST).is_file() or (out / "vqvae" / "last.ckpt").is_file() or (
+        out / "vqvae" / "done.json").is_file()
+    claim_output_dir(out, verb="demo", overwrite=ours, owned=set(DEMO_PARTS) if ours else set(),
+                     writes=lambda n: n in DEMO_PARTS)
+    if (out / "samples").exists():
+        claim_out_dir(out / "samples", verb="demo", overwrite=True, manifest=SAMPLES_MANIFEST,
+                      writes=lambda n: numbered_png(n) or n in SAMPLE_FILES)
+    lock_output(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / DEMO_MANIFEST).is_file():
+        _mark_done(out, {"verb": "demo", "files": list(DEMO_PARTS[:3])}, DEMO_MANIFEST)
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Path]:
@@ -59,6 +93,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Path]:
     t0 = time.monotonic()
     out = Path(args.out)
     vq_dir, prior_dir, samples_dir = out / "vqvae", out / "prior", out / "samples"
+    claim_demo_dir(out)
     device = resolve_device(args.device)
     parser = argparse.ArgumentParser()  # the two verbs' own defaults, as the CLI has them
     subs = parser.add_subparsers()

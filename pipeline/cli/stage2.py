@@ -206,9 +206,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prior, vqvae = load_pair(args.prior, args.vqvae, device, args.allow_other_vqvae)
     check_not_input(out, [("the prior's VQ-VAE", vqvae.checkpoint_path)])
     class_index = resolve_class(prior, args.class_)
+    if args.per_class is not None:  # the count first: 10**11 labels would not fit either
+        num = args.per_class * max(int(prior.model.num_classes), 1)
+    check_memory(num, vqvae, None if args.per_class is None else
+                 f"--per-class {args.per_class} ({num} images)")
     labels = make_labels(prior, num, class_index, args.per_class)
-    num = num if args.per_class is None else int(labels.shape[0])
-    check_memory(num, vqvae)
     guidance, temperature, chosen = sampling_settings(args, labels is not None)
     res = sample(prior, vqvae, num, labels=labels, temperature=temperature,
                  top_k=args.top_k, top_p=args.top_p, guidance=guidance, seed=args.seed,

@@ -242,11 +242,11 @@ def read_header(data: bytes, where: str = "the file") -> tuple[Header, int]:
         label_mode = body.u8()
         device_type, source = body.str(), body.str()
         kind = body.u8()
+        _check_count(count, h, w, where)
         if kind == NAMES_INDEX:
             names = index_names(count)
         elif kind == NAMES_LIST:
-            text = zlib.decompress(body.take(body.varint())).decode("utf-8")
-            names = text.split("\n") if count else []
+            names = _read_names(body.take(body.varint()), count, where)
         else:
             raise _Bad(f"unknown name table kind {kind}")
     except (_Short, _Bad, zlib.error, UnicodeDecodeError) as e:
@@ -259,6 +259,41 @@ def read_header(data: bytes, where: str = "the file") -> tuple[Header, int]:
                        "`vqgen compress`")
     return Header(prior_sha, vqvae_sha, prior_path, vqvae_path, (h, w), k, nc, count, bs,
                   per, label_mode, device_type, source, names), r.pos
+
+
+# a stored name is a path: at most this many bytes (PATH_MAX) plus its newline
+MAX_NAME_BYTES = 4096
+# zlib inflates at most ~1032:1; names need >= 2 bytes each ("a\n")
+ZLIB_MAX_RATIO = 1032
+# what decoding one image holds at least: its codes (int64) and its name (a Python str)
+BYTES_PER_IMAGE = 8 + 64
+
+
+def _check_count(count: int, h: int, w: int, where: str) -> None:
+    """Refuse a header whose image count cannot be decoded in this machine's memory, before
+    anything of that size is allocated (a 169-byte file said 10**9 images)."""
+    from vqgen.stage1_vqvae.runtime.memory import available_memory
+
+    need = count * (8 * h * w + BYTES_PER_IMAGE)
+    have = available_memory()
+    if have is not None and need > 0.8 * have:
+        raise VqzError(f"{where} says it holds {count:,} images of {h}x{w} codes, which would "
+                       f"need {need / 2**30:.1f} GiB to decode ({have / 2**30:.1f} GiB "
+                       "available); it is damaged or was not written by `vqgen compress`")
+
+
+def _read_names(packed: bytes, count: int, where: str) -> list[str]:
+    """The zlib name table, inflated at most as far as ``count`` names can reach (a 204 KB
+    zlib bomb reached 2.6 GB before)."""
+    if 2 * count - 1 > ZLIB_MAX_RATIO * len(packed) + 64:
+        raise _Bad(f"{count:,} names cannot fit in {len(packed):,} compressed bytes")
+    cap = count * (MAX_NAME_BYTES + 1)
+    d = zlib.decompressobj()
+    raw = d.decompress(packed, cap + 1)
+    if len(raw) > cap or d.unconsumed_tail:
+        raise _Bad(f"its name table inflates past {cap:,} bytes for {count:,} names")
+    text = raw.decode("utf-8")
+    return text.split("\n") if count else []
 
 
 def read_records(data: bytes, header: Header, start: int, where: str = "the file"

@@ -22,6 +22,18 @@ def save_png(image: torch.Tensor, path: str | os.PathLike) -> None:
     Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path, format="PNG")
 
 
+MAX_LABEL_CHARS = 32
+
+
+def printable_label(text: str) -> str:
+    """A row label drawable on one line: control characters (a newline in a class folder's
+    name) become spaces, and long names are cut to MAX_LABEL_CHARS with an ellipsis."""
+    one_line = "".join(ch if ch.isprintable() else " " for ch in str(text)).strip()
+    if len(one_line) > MAX_LABEL_CHARS:
+        one_line = one_line[:MAX_LABEL_CHARS - 1] + "\u2026"
+    return one_line
+
+
 def make_grid_image(
     images: torch.Tensor, nrow: int, row_labels: Sequence[str] | None = None,
     pad: int = 2, scale: int = 0,
@@ -37,6 +49,7 @@ def make_grid_image(
     label_w = 0
     font = ImageFont.load_default()
     if row_labels:
+        row_labels = [printable_label(t) for t in row_labels]
         label_w = 8 + max(int(ImageDraw.Draw(Image.new("L", (1, 1))).textlength(t, font=font))
                           for t in row_labels)
     width = label_w + nrow * (cell_w + pad) + pad

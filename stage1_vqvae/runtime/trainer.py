@@ -20,6 +20,7 @@ from .checkpoint import check_resumable, migrate_checkpoint
 from .errors import UserError
 from .fsutil import atomic_file
 from .progress import PlainProgress, is_tty
+from .run_dir import record_run_files
 
 
 def _has_tensorboard() -> bool:
@@ -142,6 +143,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the rename makes them last.ckpt
+        record_run_files(Path(path).parent)  # what the run wrote so far (--overwrite removes it)
 
 
 class RankAgreement(pl.Callback):
