@@ -525,8 +525,10 @@ def test_counts_and_name_tables_are_bounded_before_anything_is_allocated(val_fil
     header, _ = read_header(val_file.read_bytes())
     huge = tmp_path / "huge.vqz"  # ~170 bytes saying 10**12 images (names built: 56 TB)
     huge.write_bytes(_header_bytes(header, 10**12, None))
-    bomb = zlib.compressobj(9)  # 50 MB of "a" in ~50 KB, as the names of 10 images
-    blob = b"".join(bomb.compress(b"a" * 2**20) for _ in range(50)) + bomb.flush()
+    # 256 MB of "a" in ~250 KB, as the names of 10 images: inflating it whole would show in
+    # the peak RSS checked below
+    bomb, chunk = zlib.compressobj(1), b"a" * 2**20
+    blob = b"".join(bomb.compress(chunk) for _ in range(256)) + bomb.flush()
     (tmp_path / "bomb.vqz").write_bytes(_header_bytes(header, 10, blob))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rc, _, err = run(capsys, "decompress", huge, "--out", tmp_path / "o1", "--device", "cpu")
