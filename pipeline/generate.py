@@ -5,6 +5,7 @@ This is the only module that knows both models.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from vqgen.stage1_vqvae.runtime.errors import MissingInputError, UserError
 from vqgen.stage1_vqvae.runtime.grid import save_grid, save_png
 from vqgen.stage1_vqvae.runtime.memory import available_memory
 from vqgen.stage1_vqvae.runtime.outputs import owned_output_dir
+from vqgen.stage1_vqvae.runtime.seeds import check_seed
 from vqgen.stage2_prior.lit import LitPrior, load_prior
 from vqgen.stage2_prior.sampling import sample as sample_codes
 from vqgen.stage2_prior.sampling import validate_sampling_args
@@ -148,6 +150,12 @@ def resolve_class(prior: LitPrior, value: str | None) -> int | None:
                     f"(an index is written #N with N in 0..{k - 1}, e.g. --class '#0')")
 
 
+def grid_columns(num: int) -> int:
+    """Images per row of a sample grid: 8 up to 64 images, then near square (1,000 samples
+    in rows of 8 made a 466x7252 px strip no viewer shows usefully)."""
+    return min(8, num) if num <= 64 else math.ceil(math.sqrt(num))
+
+
 def image_seed(seed: int, index: int) -> int:
     """The seed of image ``index``'s generator: a hash of (seed, index), < 2**63."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
@@ -175,6 +183,7 @@ def sample(
     of --num n)."""
     if num <= 0:
         raise UserError(f"--num {num} must be positive")
+    seed = check_seed(seed, "--seed")
     validate_sampling_args(prior.num_codes, temperature, top_k, top_p, guidance)
     if guidance != 1.0 and labels is None:
         raise UserError("--guidance needs a class (--class or --per-class)")

@@ -146,10 +146,21 @@ def check_guidance(r: dict, text: str) -> None:
 
 def check_hostile_inputs(r: dict, text: str) -> None:
     summary = r.pop("_summary")
-    assert summary["cases"] == len(r) >= 30
+    kinds = ("data_loss", "silent_wrong", "traceback", "memory")
+    assert summary["cases"] == len(r) >= 70
     assert summary["tracebacks"] == sum(bool(c.get("traceback")) for c in r.values())
+    assert set(summary["defects"]) == set(kinds)
+    for kind in kinds:
+        assert summary["defects"][kind] == sum(kind in c["defect"] for c in r.values())
+        assert summary["cases_per_kind"][kind] >= 10
     for name, case in r.items():
-        assert set(case) >= {"exit", "traceback", "message"}, name
+        assert set(case) >= {"exit", "traceback", "message", "kind", "defect", "seconds",
+                             "peak_rss_mb", "rss_growth_mb"}, name
+        positive(case["peak_rss_mb"])
+    race = next(c for n, c in r.items() if n.startswith("two sample runs on one new --out"))
+    assert race["races"] == 2 and all(sorted(e) == ["0", "2"] for e in race["exits"])
+    # this checkout has none of the defects the cases probe
+    assert summary["defective_cases"] == [], summary["defective_cases"]
 
 
 def check_inpaint(r: dict, text: str) -> None:

@@ -539,3 +539,21 @@ def test_counts_and_name_tables_are_bounded_before_anything_is_allocated(val_fil
     # the refusals held no more than a few MB (ru_maxrss is in KiB on Linux)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100 * 1024
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_a_class_count_other_than_the_priors_is_one_line(val_file, tmp_path, capsys):
+    """A header whose label class count differs from the prior's (same checkpoint hash)
+    reached the label coder as a raw IndexError."""
+    import dataclasses
+
+    from vqgen.pipeline.codec.vqz import read_records, write_vqz
+
+    data = val_file.read_bytes()
+    header, start = read_header(data)
+    other = dataclasses.replace(header, num_classes=header.num_classes + 3)
+    bad = tmp_path / "classes.vqz"
+    bad.write_bytes(write_vqz(other, read_records(data, header, start)))
+    rc, _, err = run(capsys, "decompress", bad, "--out", tmp_path / "o", "--device", "cpu")
+    assert_usage_error(rc, err, "decompress", f"{header.num_classes + 3} classes",
+                       f"has {header.num_classes}")
+    assert not (tmp_path / "o").exists()

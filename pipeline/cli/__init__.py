@@ -74,12 +74,21 @@ def main(argv: Sequence[str] | None = None) -> int:
               "with the traceback below", file=sys.stderr)
         raise
     except KeyboardInterrupt:
-        print(f"vqgen {args.verb}: interrupted; re-run the same command to continue "
-              "(training: add --resume)", file=sys.stderr)
+        print(f"vqgen {args.verb}: interrupted; {_after_interrupt(args.verb)}", file=sys.stderr)
         return 130
     finally:
         _close_process_group()
         release_output_locks()  # the next command (in this process or another) may claim it
+
+
+def _after_interrupt(verb: str) -> str:
+    """What a Ctrl-C leaves: only training and the demo resume; every other verb commits its
+    output at the end, so nothing of it was written (inpaint said "re-run to continue")."""
+    if verb in ("train-vqvae", "train-prior"):
+        return "add --resume to the same command to continue from the last checkpoint"
+    if verb == "demo":
+        return "re-run the same command to continue (finished stages are kept)"
+    return "nothing was written; run the command again to start over"
 
 
 def _close_process_group() -> None:

@@ -68,17 +68,13 @@ def add_workers_arg(g) -> None:
     g.add_argument("--num-workers", type=workers_arg, default="auto", help=WORKERS_HELP)
 
 
-MAX_SEED = 2**32 - 1  # what every seeded library here accepts (Lightning's seed_everything)
-
-
 def seed_arg(text: str) -> int:
+    from vqgen.stage1_vqvae.runtime.seeds import check_seed
+
     try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer seed") from None
-    if not 0 <= v <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"{text} must be in [0, {MAX_SEED}] (2**32 - 1)")
-    return v
+        return check_seed(text, "")
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).strip()) from None
 
 
 def devices_arg(text: str) -> int | str:

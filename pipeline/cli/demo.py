@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vqgen.pipeline.cli.common import (
@@ -83,6 +84,21 @@ def claim_demo_dir(out: Path) -> None:
         _mark_done(out, {"verb": "demo", "files": list(DEMO_PARTS[:3])}, DEMO_MANIFEST)
 
 
+def _run_stage(step: str, what: str, folder: Path, train: Callable[[bool], dict]) -> dict:
+    """Reuse a finished stage (its done.json), else train it (resuming its last.ckpt) and
+    mark it done; returns its metrics and seconds."""
+    if (info := _done(folder)) is not None:
+        print(f"{step}: reusing {folder} (finished; delete it to retrain)")
+        return info
+    resume = (folder / "last.ckpt").is_file()
+    print(f"{step}: {'resuming' if resume else 'training'} {what} in {folder}", flush=True)
+    t1 = time.monotonic()
+    info = train(resume)
+    info["seconds"] = round(time.monotonic() - t1, 1)  # fit (+ code maps for stage one)
+    _mark_done(folder, info)
+    return info
+
+
 def run_demo(args: argparse.Namespace) -> dict[str, Path]:
     from vqgen.pipeline.cli.stage1 import add_train_vqvae, vqvae_config
     from vqgen.pipeline.cli.stage2 import add_train_prior, prior_config
@@ -100,48 +116,38 @@ def run_demo(args: argparse.Namespace) -> dict[str, Path]:
     add_train_vqvae(subs)
     add_train_prior(subs)
 
-    if (info := _done(vq_dir)) is not None:
-        print(f"[1/3] stage one: reusing {vq_dir} (finished; delete it to retrain)")
-    else:
-        resume = (vq_dir / "last.ckpt").is_file()
-        print(f"[1/3] stage one: {'resuming' if resume else 'training'} the VQ-VAE in {vq_dir}",
-              flush=True)
+    def vqvae_stage(resume: bool) -> dict:
         vargs = parser.parse_args(["train-vqvae", "--data", "mnist5k", "--seed", str(args.seed)])
         model_args, data_args, _ = vqvae_config(vargs)
-        epochs = args.vqvae_epochs or DEMO_VQVAE_EPOCHS
-        t1 = time.monotonic()
         res = train_vqvae(vq_dir, model_args, data_args=data_args,
-                          trainer_args=dict(max_epochs=epochs, accelerator=args.accelerator),
+                          trainer_args=dict(max_epochs=args.vqvae_epochs or DEMO_VQVAE_EPOCHS,
+                                            accelerator=args.accelerator),
                           resume=resume, overwrite=not resume, device=device)
-        info = {k: res.metrics.get(k) for k in ("val/psnr", "val/codebook_usage", "val/perplexity")}
-        info["seconds"] = round(time.monotonic() - t1, 1)  # fit + code maps
-        _mark_done(vq_dir, info)
+        return {k: res.metrics.get(k) for k in ("val/psnr", "val/codebook_usage",
+                                                "val/perplexity")}
+
+    def prior_stage(resume: bool) -> dict:
+        pargs = parser.parse_args(["train-prior", "--codes", str(vq_dir / "codes")])
+        model_args, batch_size, _ = prior_config(pargs)
+        res = train_prior(vq_dir / "codes", prior_dir, model_args,
+                          trainer_args=dict(max_epochs=args.prior_epochs or DEMO_PRIOR_EPOCHS,
+                                            accelerator=args.accelerator),
+                          batch_size=batch_size, seed=args.seed, resume=resume,
+                          overwrite=not resume)
+        return {k: res.metrics.get(k) for k in ("val/nll", "val/bits_per_code")}
+
+    info = _run_stage("[1/3] stage one", "the VQ-VAE", vq_dir, vqvae_stage)
     print(f"      PSNR {format_number(info.get('val/psnr'), '.2f')} dB, codebook usage "
           f"{format_number(info.get('val/codebook_usage'), '.1%')} ({time.monotonic() - t0:.0f}s)",
           flush=True)
-
-    if (pinfo := _done(prior_dir)) is not None:
-        print(f"[2/3] stage two: reusing {prior_dir} (finished; delete it to retrain)")
-    else:
-        resume = (prior_dir / "last.ckpt").is_file()
-        print(f"[2/3] stage two: {'resuming' if resume else 'training'} the prior in {prior_dir}",
-              flush=True)
-        pargs = parser.parse_args(["train-prior", "--codes", str(vq_dir / "codes")])
-        model_args, batch_size, _ = prior_config(pargs)
-        epochs = args.prior_epochs or DEMO_PRIOR_EPOCHS
-        t1 = time.monotonic()
-        res = train_prior(vq_dir / "codes", prior_dir, model_args,
-                          trainer_args=dict(max_epochs=epochs, accelerator=args.accelerator),
-                          batch_size=batch_size, seed=args.seed, resume=resume,
-                          overwrite=not resume)
-        pinfo = {k: res.metrics.get(k) for k in ("val/nll", "val/bits_per_code")}
-        pinfo["seconds"] = round(time.monotonic() - t1, 1)
-        _mark_done(prior_dir, pinfo)
+    pinfo = _run_stage("[2/3] stage two", "the prior", prior_dir, prior_stage)
     print(f"      held-out {format_number(pinfo.get('val/bits_per_code'), '.3f')} bits per code "
           f"({time.monotonic() - t0:.0f}s)", flush=True)
 
     print(f"[3/3] sampling {args.per_class} per class into {samples_dir}", flush=True)
-    prior, vqvae = load_pair(prior_dir / "last.ckpt", None, device)
+    # the VQ-VAE by its place in this folder, not the absolute path the prior records: a
+    # moved demo folder still samples (its sha256 is checked all the same)
+    prior, vqvae = load_pair(prior_dir / "last.ckpt", vq_dir / "last.ckpt", device)
     labels = make_labels(prior, 0, None, args.per_class)
     guidance = DEMO_GUIDANCE if args.guidance is None else args.guidance
     temperature = DEMO_TEMPERATURE if args.temperature is None else args.temperature

@@ -178,6 +178,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         SAMPLE_FILES,
         SAMPLES_MANIFEST,
         check_memory,
+        grid_columns,
         load_pair,
         make_labels,
         resolve_class,
@@ -215,7 +216,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     res = sample(prior, vqvae, num, labels=labels, temperature=temperature,
                  top_k=args.top_k, top_p=args.top_p, guidance=guidance, seed=args.seed,
                  batch_size=args.batch_size, device=device, sampler=args.sampler)
-    nrow = args.nrow or (args.per_class if args.per_class else min(8, num))
+    nrow = args.nrow or (args.per_class if args.per_class else grid_columns(num))
     settings = dict(prior=str(args.prior), vqvae=str(getattr(vqvae, "checkpoint_path", "")),
                     class_index=class_index, per_class=args.per_class,
                     temperature=temperature, top_k=args.top_k, top_p=args.top_p,
@@ -229,7 +230,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _sample_without_prior(args: argparse.Namespace, out: Path, device: str, num: int) -> int:
     """``sample --vqvae`` of a Gaussian VAE: decode z ~ N(0, I); a VQ model needs --prior."""
-    from vqgen.pipeline.generate import sample_gaussian, write_samples
+    from vqgen.pipeline.generate import grid_columns, sample_gaussian, write_samples
     from vqgen.stage1_vqvae.lit import has_codes, load_vqvae
 
     if args.vqvae is None:
@@ -245,6 +246,7 @@ def _sample_without_prior(args: argparse.Namespace, out: Path, device: str, num:
                           device=device)
     settings = dict(prior=None, vqvae=str(args.vqvae), latent="z ~ N(0, I)", seed=args.seed,
                     batch_size=args.batch_size)
-    write_samples(out, res, class_names=[], nrow=args.nrow or min(8, num), settings=settings)
+    write_samples(out, res, class_names=[], nrow=args.nrow or grid_columns(num),
+                  settings=settings)
     print(f"samples: {out}/grid.png ({num} images decoded from z ~ N(0, I); one PNG each)")
     return 0

@@ -348,6 +348,9 @@ def decode_codes(data: bytes, prior: LitPrior, vqvae: LitVQVAE, where: str = "th
     if tuple(model.code_shape) != tuple(header.code_shape) or model.num_codes != header.num_codes:
         raise VqzError(f"{where} holds {header.code_shape} codes of K={header.num_codes}, "
                        "but the prior with its checkpoint hash does not: damaged header")
+    if header.num_classes != model.num_classes:
+        raise VqzError(f"{where} says its labels have {header.num_classes} classes, but the "
+                       f"prior with its checkpoint hash has {model.num_classes}: damaged header")
     dev = model.embed.weight.device
     g, nc = header.images_per_stream, header.num_classes
     count, (h, w) = header.count, header.code_shape

@@ -70,6 +70,28 @@ def labels_index(labels: Tensor | None, n: int) -> Tensor | None:
 
 
 @torch.inference_mode()
+def check_candidate_memory(model, num_candidates: int, code_mask: Tensor,
+                           batch_size: int = 512) -> None:
+    """Refuse a candidate count whose working memory cannot fit, before any drawing (100,000
+    candidates ran to ~10 GB). ``code_mask`` bool (B, h, w). Per candidate the sampler keeps
+    the logits of every drawn position in four float32 copies (seen, stacked, filtered, log-
+    softmax: 16 K bytes a position) plus its cached activations (measured: a 512-code
+    7x7 prior holds ~170 KB per candidate for 24 drawn positions; this says ~250 KB)."""
+    from vqgen.stage1_vqvae.runtime.memory import available_memory
+
+    b, h, w = code_mask.shape
+    m = int(num_candidates)
+    drawn = int(code_mask.reshape(b, -1).sum(1).max()) if b else 0
+    per = 16 * int(model.num_codes) * drawn + 8 * int(model.hidden) * h * w
+    need = min(b, max(1, batch_size // m)) * m * per
+    have = available_memory()
+    if have is not None and need > 0.8 * have:
+        most = max(1, int(0.8 * have // per))
+        raise UserError(f"--candidates {m:,} would need about {need / 2**30:.1f} GiB of memory "
+                        f"to draw, more than the {have / 2**30:.1f} GiB available; use at most "
+                        f"{most:,} candidates (or fewer masked codes)")
+
+
 def draw_candidates(
     prior,
     codes: Tensor,

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from vqgen.pipeline.edit.candidates import (
+    check_candidate_memory,
     class_log_likelihoods,
     draw_candidates,
     effective_sample_size,
@@ -36,6 +37,7 @@ from vqgen.pipeline.generate import save_codes
 from vqgen.stage1_vqvae.runtime.errors import UserError
 from vqgen.stage1_vqvae.runtime.grid import save_grid, save_png
 from vqgen.stage1_vqvae.runtime.outputs import owned_output_dir
+from vqgen.stage1_vqvae.runtime.seeds import check_seed
 from vqgen.stage2_prior.sampling import validate_sampling_args
 
 SELECT = ("importance", "best", "proposal")
@@ -124,6 +126,7 @@ def inpaint(
     n = images.shape[0]
     labels = labels_index(labels, n)
     mixture = uses_class_mixture(prior, labels, class_mixture, select)
+    seed = check_seed(seed, "--seed")
     m = _check_knobs(prior, num, num_candidates, select, temperature, top_k, top_p, guidance,
                      labels, mixture)
     h, w = prior.code_shape
@@ -132,6 +135,7 @@ def inpaint(
         raise UserError(f"code_mask must be bool ({h}, {w}) or ({n}, {h}, {w}), "
                         f"got {tuple(code_mask.shape)}")
     code_mask = code_mask.expand(n, h, w).clone()
+    check_candidate_memory(prior.model, m, code_mask, batch_size)
     enc = vqvae.model.to(device).eval()
     prior.model.to(device).eval()
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -57,13 +57,18 @@ def load_mask(path: str | os.PathLike, image_size: tuple[int, int]) -> Tensor:
     the images (``stage1_vqvae.data.convert_image``), but with nearest neighbour so the mask
     stays binary. Transparent pixels count as zero.
     """
-    from vqgen.stage1_vqvae.data.images import _cover_size
+    from vqgen.stage1_vqvae.data.images import _cover_size, check_pixels
+    from vqgen.stage1_vqvae.data.spec import DataError
 
     if not os.path.exists(path):
         raise MissingInputError(f"--mask {path} does not exist; give a mask image "
                                 "(white = regenerate)")
     try:
         with Image.open(path) as img:
+            try:
+                check_pixels(img, f"--mask {path}")
+            except DataError as e:
+                raise UserError(str(e).removeprefix("image ")) from None
             img.load()
             if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                 rgba = img.convert("RGBA")
@@ -71,6 +76,8 @@ def load_mask(path: str | os.PathLike, image_size: tuple[int, int]) -> Tensor:
             grey = img.convert("L") if img.mode not in ("I", "I;16", "F") else img
             arr = np.asarray(grey)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        if isinstance(e, UserError):  # too many pixels: already said in one line
+            raise
         raise UserError(f"--mask {path} is not an image ({' '.join(str(e).split())[:80]}); "
                         "expected a PNG/JPEG/... where white (non-zero) = regenerate") from None
     h, w = image_size

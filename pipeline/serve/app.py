@@ -19,9 +19,35 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio i
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from vqgen.pipeline.serve.serving import NO_CLASS, Server, one_line  # noqa: E402
+from vqgen.pipeline.serve.serving import NO_CLASS, Server, page_message  # noqa: E402
+from vqgen.stage1_vqvae.data.images import MAX_INPUT_PIXELS  # noqa: E402
 from vqgen.stage1_vqvae.runtime.errors import UserError  # noqa: E402
+
+# Gradio decodes the editor's upload before any handler runs: Pillow refuses, at open and
+# before decoding, an image over twice its MAX_IMAGE_PIXELS (a 13000x13000 PNG took the
+# server to 6-8 GB), so half our limit makes the refusal start at the limit
+Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS // 2
+TOO_LARGE = (f"that image has over {MAX_INPUT_PIXELS // 10**6} M pixels, the limit for "
+             "uploads; shrink it first (the model reads far fewer pixels)")
+
+
+def limit_pixels(editor: gr.ImageEditor) -> gr.ImageEditor:
+    """``editor`` whose upload over MAX_INPUT_PIXELS is a one-line page error. Its own
+    ``preprocess`` is wrapped (a subclass would make Gradio write a .pyi beside this file)."""
+    inner = editor.preprocess
+
+    @wraps(inner)
+    def preprocess(payload):
+        try:
+            return inner(payload)
+        except Image.DecompressionBombError:
+            raise gr.Error(TOO_LARGE, print_exception=False) from None
+
+    editor.preprocess = preprocess  # type: ignore[method-assign]
+    return editor
+
 
 CSS = """
 .pixelated img, img.pixelated, .pixelated canvas { image-rendering: pixelated; }
@@ -45,11 +71,11 @@ def _errors_in_page(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except UserError as e:
-            raise gr.Error(one_line(e), print_exception=False) from None
+            raise gr.Error(page_message(e), print_exception=False) from None
         except Exception as e:  # noqa: BLE001 - the page must get one line, not a traceback
             traceback.print_exc(file=sys.stderr)
-            raise gr.Error(one_line(f"internal error ({type(e).__name__}: {e}); see the "
-                                    "server's log"), print_exception=False) from None
+            raise gr.Error(page_message(f"internal error ({type(e).__name__}: {e}); see the "
+                                        "server's log"), print_exception=False) from None
     return run
 
 
@@ -105,13 +131,14 @@ def build(server: Server) -> gr.Blocks:
         with gr.Tab("Complete / repair", id="complete"):
             with gr.Row():
                 with gr.Column(scale=2, min_width=300):
-                    c_editor = gr.ImageEditor(
+                    c_editor = limit_pixels(gr.ImageEditor(
                         type="pil", image_mode="RGBA", format="png", label="image (paint the "
-                        "region to regenerate)", sources=["upload"], transforms=["crop"],
+                        f"region to regenerate; up to {MAX_INPUT_PIXELS // 10**6} M pixels)",
+                        sources=["upload"], transforms=["crop"],
                         layers=False, canvas_size=(32 * 8, 32 * 8),
                         brush=gr.Brush(default_size=24, colors=["#ff3030"],
                                        color_mode="fixed"),
-                        elem_id="complete-editor", elem_classes=["pixelated"])
+                        elem_id="complete-editor", elem_classes=["pixelated"]))
                     c_random = gr.Button("random held-out image", elem_id="complete-random")
                     c_caption = gr.Markdown("", elem_id="complete-caption")
                 with gr.Column(scale=1, min_width=240):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -35,6 +36,16 @@ def one_line(text: str, limit: int = 300) -> str:
     """A message as one line (newlines folded), at most ``limit`` characters."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# an absolute path with at least one folder: /srv/runs/mnist/last.ckpt -> last.ckpt
+_ABS_PATH = re.compile(r"(?<![\w.~])/(?:[^\s'\"():,;/]+/)+([^\s'\"():,;/]*)")
+
+
+def page_message(text: str, limit: int = 300) -> str:
+    """An error as the page shows it: one line, and only the last part of any absolute path
+    (a visitor has no business with the server's folders)."""
+    return one_line(_ABS_PATH.sub(r"\1", str(text)), limit)
 
 
 @dataclass
@@ -168,7 +179,7 @@ class Server:
                top_k: int | None = None, top_p: float | None = None, guidance: float = 1.0,
                seed: int = 0) -> Result:
         """``vqgen sample --num N [--class C] ... --seed S``: its files, in a new folder."""
-        from vqgen.pipeline.generate import make_labels, sample, write_samples
+        from vqgen.pipeline.generate import grid_columns, make_labels, sample, write_samples
 
         num = int(num)
         if not 1 <= num <= 256:
@@ -186,7 +197,7 @@ class Server:
                         per_class=None, temperature=temperature, top_k=top_k, top_p=top_p,
                         guidance=guidance, seed=int(seed), batch_size=SAMPLE_BATCH,
                         sampler="cached")
-        write_samples(out, res, class_names=self.class_names, nrow=min(8, num),
+        write_samples(out, res, class_names=self.class_names, nrow=grid_columns(num),
                       settings=settings)
         pngs = [f"{i:06d}.png" for i in range(num)]
         extra = {"zip": self._zip(out, [*pngs, "codes.npy", "samples.json"],

@@ -76,6 +76,21 @@ def convert_image(img: Image.Image, channels: int, image_size: tuple[int, int]) 
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+# the most pixels an input image may decode to (after JPEG's draft scaling): a 48 MP photo
+# drafts to 1/8 scale, while a 164 KB PNG of 13000x13000 took 6-8 GB and 15 s to decode for
+# a model that reads 28x28 or 32x32 (Pillow's own limit, 179 M pixels, let it through)
+MAX_INPUT_PIXELS = 25_000_000
+
+
+def check_pixels(img: Image.Image, path: str | os.PathLike | str) -> None:
+    """DataError unless the opened (not yet decoded) image is within MAX_INPUT_PIXELS."""
+    w, h = img.size
+    if w * h > MAX_INPUT_PIXELS:
+        raise DataError(f"image {path} is {w}x{h} ({w * h / 1e6:.0f} M pixels), over the "
+                        f"{MAX_INPUT_PIXELS // 10**6} M-pixel limit for input images; "
+                        "shrink it first (the model reads far fewer pixels)")
+
+
 def load_image(path: str | os.PathLike, channels: int, image_size: tuple[int, int]) -> torch.Tensor:
     """Read one image file -> float32 (C, H, W) in [0, 1], converted like the datasets.
 
@@ -90,6 +105,7 @@ def load_image(path: str | os.PathLike, channels: int, image_size: tuple[int, in
             w1, h1 = _cover_size(img.size, (out_h, out_w))
             w2, h2 = _cover_size(img.size, (out_w, out_h))
             img.draft(None, (max(w1, w2), max(h1, h2)))
+            check_pixels(img, path)
             img.load()
             img = ImageOps.exif_transpose(img)  # camera photos are stored rotated
             arr = convert_image(img, channels, image_size)

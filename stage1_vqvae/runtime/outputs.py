@@ -66,6 +66,9 @@ def check_writable(out: str | os.PathLike, flag: str = "--out") -> None:
     """Probe that ``out`` (a folder or file to be created or replaced) can be written, by
     creating and removing a temp file in its nearest existing folder."""
     out = Path(out)
+    if out.is_symlink() and not out.exists():  # failed only at the commit, after all the work
+        raise OutputError(f"{flag} {out} is a symlink to {os.readlink(out)}, which does not "
+                          f"exist; create that folder, remove the link, or pass another {flag}")
     anc = out if out.is_dir() else out.parent
     while not anc.exists() and anc != anc.parent:
         anc = anc.parent
