@@ -19,8 +19,8 @@ counted per class (data loss, silent wrong, traceback, memory blow-up; target 0 
 
 ``--smoke`` skips the slow cases (training on an image folder, the demo) and runs the
 race twice instead of ``--races`` times. To measure an older vqgen, run it with
-``VQGEN_ROOT=/old/checkout`` (its ``src/`` is put first on the path); cases that need
-functions the old version lacks still run through the CLI.
+``VQGEN_ROOT=/old/checkout`` (its ``src/`` is put first on the path); the crafted
+``.vqz`` headers need ``vqz.pack_header`` (after 6919abf; copy it into an older checkout).
 """
 
 from __future__ import annotations
@@ -794,23 +794,10 @@ def _zlib_bomb_vqz(src: Path, dst: Path) -> Path:
 def _raw_header(header, count: int, names_blob: bytes | None) -> bytes:
     """A header like ``header`` saying ``count`` images, names by index (None) or the given
     deflated blob, with a valid CRC and no records: what a hostile upload holds."""
-    import struct
-    import zlib
+    from vqgen.pipeline.codec.vqz import pack_header
 
-    from vqgen.pipeline.codec import vqz
-
-    h, w = header.code_shape
-    body = bytearray(bytes.fromhex(header.prior_sha256) + bytes.fromhex(header.vqvae_sha256))
-    body += vqz._str(header.prior_path) + vqz._str(header.vqvae_path)
-    for n in (h, w, header.num_codes, header.num_classes, count, header.batch_size, count):
-        body += vqz._varint(n)
-    body += bytes([header.label_mode]) + vqz._str(header.device_type) + vqz._str(header.source)
-    if names_blob is None:
-        body += bytes([vqz.NAMES_INDEX])
-    else:
-        body += bytes([vqz.NAMES_LIST]) + vqz._varint(len(names_blob)) + names_blob
-    out = bytearray(vqz.MAGIC + bytes([vqz.FORMAT_VERSION]) + vqz._varint(len(body)) + body)
-    return bytes(out + struct.pack("<I", zlib.crc32(out)))
+    return pack_header(dataclasses.replace(header, count=count, images_per_stream=count),
+                       names_blob)
 
 
 if __name__ == "__main__":

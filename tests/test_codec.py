@@ -496,25 +496,14 @@ def test_compress_refuses_a_folder_decompress_could_not_write_back(tiny_prior_ru
 
 
 def _header_bytes(header, count: int, names_blob: bytes | None) -> bytes:
-    """A .vqz header as write_vqz lays it out, with any image count and name table (no
-    records): what a hostile file can say without the bytes to back it."""
-    import struct
-    import zlib
+    """A .vqz header saying ``count`` images (one stream) with the given name table (None:
+    by index) and no records: what a hostile file can say without the bytes to back it."""
+    import dataclasses
 
-    from vqgen.pipeline.codec import vqz
+    from vqgen.pipeline.codec.vqz import pack_header
 
-    h, w = header.code_shape
-    body = bytearray(bytes.fromhex(header.prior_sha256) + bytes.fromhex(header.vqvae_sha256))
-    body += vqz._str(header.prior_path) + vqz._str(header.vqvae_path)
-    for n in (h, w, header.num_codes, header.num_classes, count, header.batch_size, count):
-        body += vqz._varint(n)
-    body += bytes([header.label_mode]) + vqz._str(header.device_type) + vqz._str(header.source)
-    if names_blob is None:
-        body += bytes([vqz.NAMES_INDEX])
-    else:
-        body += bytes([vqz.NAMES_LIST]) + vqz._varint(len(names_blob)) + names_blob
-    out = bytearray(vqz.MAGIC + bytes([vqz.FORMAT_VERSION]) + vqz._varint(len(body)) + body)
-    return bytes(out + struct.pack("<I", zlib.crc32(out)))
+    return pack_header(dataclasses.replace(header, count=count, images_per_stream=count),
+                       names_blob)
 
 
 def test_counts_and_name_tables_are_bounded_before_anything_is_allocated(val_file, tmp_path,

@@ -169,8 +169,10 @@ def pad_words(payload: bytes) -> bytes:
 # --------------------------------------------------------------------------- writing
 
 
-def write_vqz(header: Header, records: list[Record]) -> bytes:
-    """The whole file. ``records`` in ``header.streams()`` order; fills ``Record.size``."""
+def pack_header(header: Header, names_blob: bytes | None) -> bytes:
+    """The header with its CRC: names by index (``names_blob`` None) or the given deflated
+    name table; ``header.names`` is not read (tests and benchmarks build hostile headers
+    whose counts no names list could match)."""
     h, w = header.code_shape
     body = bytearray()
     body += bytes.fromhex(header.prior_sha256) + bytes.fromhex(header.vqvae_sha256)
@@ -179,13 +181,19 @@ def write_vqz(header: Header, records: list[Record]) -> bytes:
               header.images_per_stream):
         body += _varint(n)
     body += bytes([header.label_mode]) + _str(header.device_type) + _str(header.source)
-    if header.names == index_names(header.count):
+    if names_blob is None:
         body += bytes([NAMES_INDEX])
     else:
-        packed = zlib.compress("\n".join(header.names).encode("utf-8"), 9)
-        body += bytes([NAMES_LIST]) + _varint(len(packed)) + packed
+        body += bytes([NAMES_LIST]) + _varint(len(names_blob)) + names_blob
     out = bytearray(MAGIC + bytes([FORMAT_VERSION]) + _varint(len(body)) + body)
-    out += struct.pack("<I", zlib.crc32(out))
+    return bytes(out + struct.pack("<I", zlib.crc32(out)))
+
+
+def write_vqz(header: Header, records: list[Record]) -> bytes:
+    """The whole file. ``records`` in ``header.streams()`` order; fills ``Record.size``."""
+    blob = (None if header.names == index_names(header.count)
+            else zlib.compress("\n".join(header.names).encode("utf-8"), 9))
+    out = bytearray(pack_header(header, blob))
     assert [r.images for r in records] == header.streams()
     for rec in records:
         part = bytearray()
