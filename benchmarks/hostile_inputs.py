@@ -48,6 +48,7 @@ import numpy as np
 _root = Path(os.environ.get("VQGEN_ROOT", str(Path(__file__).resolve().parents[1])))
 sys.path.insert(0, str(_root / "src") if (_root / "src").is_dir() else str(_root))
 
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vqgen.pipeline.cli import main as cli_main  # noqa: E402
@@ -156,6 +157,15 @@ def _intended(argv: list) -> list[Path]:
     return got
 
 
+def _after_fork(timeout: float = CASE_TIMEOUT) -> None:
+    """First thing in a forked child. torch's OpenMP (libgomp) is not fork-safe: a child that
+    enters a parallel region after the parent ran one on 2+ threads waits for ever (the suite
+    hung so in CI, where OMP_NUM_THREADS is unset). One thread in the child; and an alarm,
+    so that a child stuck anyway dies instead of holding its parent."""
+    torch.set_num_threads(1)
+    signal.alarm(int(timeout) + 60)
+
+
 def forked(job: Callable[[], dict], timeout: float = CASE_TIMEOUT) -> dict:
     """Run job() in a forked child under MEMORY_CAP and ``timeout``; its dict plus
     seconds, peak_rss_mb and rss_growth_mb (child peak minus what it inherited)."""
@@ -165,6 +175,7 @@ def forked(job: Callable[[], dict], timeout: float = CASE_TIMEOUT) -> dict:
     pid = os.fork()
     if pid == 0:  # the child: run, report, leave without running the parent's atexit
         os.close(r)
+        _after_fork(timeout)
         code = 0
         try:
             cap = _vm_size() + MEMORY_CAP
@@ -456,6 +467,7 @@ def race(ws: Path, pck: Path, n: int) -> dict:
             pid = os.fork()
             if pid == 0:
                 os.close(r)
+                _after_fork()
                 res = call(["sample", "--prior", pck, "--num", "3", "--seed", str(seed),
                             "--device", "cpu", "--out", out])
                 os.write(w, json.dumps(res).encode())
