@@ -8,7 +8,6 @@ The checkpoint is the config: every init argument is a plain value saved with
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from .runtime.checkpoint import (
     rebuild_module,
 )
 from .runtime.errors import UserError
-from .runtime.trainer import warmup_cosine
+from .runtime.trainer import load_lr_schedule, lr_schedule, save_lr_schedule, warmup_cosine
 
 PRESETS: dict[str, dict[str, object]] = {
     # 28x28 grey digits -> 7x7 codes
@@ -206,18 +205,19 @@ class LitVQVAE(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
-        sched = warmup_cosine(opt, total, self.hparams.warmup_steps, self.hparams.min_lr_ratio)
+        sched = warmup_cosine(opt, lr_schedule(self, self.hparams.warmup_steps, self.hparams.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": sched}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vqgen"] = checkpoint_stamp("vqvae")
+        save_lr_schedule(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # LitVQVAE.load_from_checkpoint reads with Lightning's own loader, not ours: upgrade an
         # old format here (the state dict is loaded after this hook); a no-op when current
         if isinstance(checkpoint.get("vqgen"), dict):
             migrate_checkpoint(checkpoint)
+        load_lr_schedule(self, checkpoint)
 
 
 def _vqvae_hparams_problem(hp: dict, state: dict) -> str | None:

@@ -26,7 +26,6 @@ feature-matching term (on the discriminator's features) and the adversarial term
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -35,7 +34,7 @@ from torch import Tensor
 
 from . import gan as adv  # `gan` is also an init argument
 from .runtime.errors import UserError
-from .runtime.trainer import warmup_cosine
+from .runtime.trainer import lr_schedule, warmup_cosine
 
 REC_LOSSES = ("mse", "l1")
 PERCEPTUAL = ("features", "lpips", "none")
@@ -184,6 +183,5 @@ class VQGANTraining:
         hp = self.hparams
         opt_g = torch.optim.Adam(self.model.parameters(), lr=hp.lr)
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.disc_lr, betas=(0.5, 0.9))
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
-        sched = warmup_cosine(opt_g, total, hp.warmup_steps, hp.min_lr_ratio)
+        sched = warmup_cosine(opt_g, lr_schedule(self, hp.warmup_steps, hp.min_lr_ratio))
         return [opt_g, opt_d], [sched]

@@ -110,9 +110,13 @@ class GatedBlock(nn.Module):
     a parameter with no gradient would make DDP fail.
     """
 
-    def __init__(self, hidden: int, kernel_size: int, first: bool, last: bool = False) -> None:
+    def __init__(self, hidden: int, kernel_size: int, first: bool, last: bool = False,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.first, self.last = first, last
+        # on the gated horizontal features, before the skip and residual 1x1s (training only:
+        # evaluation and sampling, the cached sampler included, see the full network)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.v_conv = VerticalConv(hidden, 2 * hidden, kernel_size)
         self.v_to_h = nn.Conv2d(2 * hidden, 2 * hidden, 1)
         self.h_conv = HorizontalConv(hidden, 2 * hidden, kernel_size, include_current=not first)
@@ -129,7 +133,7 @@ class GatedBlock(nn.Module):
             v_feat = v_feat + cond
             h_pre = h_pre + cond
         v_out = gate(v_feat)
-        h_gated = gate(h_pre)
+        h_gated = self.dropout(gate(h_pre))
         skip = self.skip(h_gated)
         if self.h_out is None:
             return v_out, h, skip

@@ -7,6 +7,7 @@ recorded (``vqvae_checkpoint``, ``vqvae_sha256``) so sampling needs only this ch
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 
@@ -25,7 +26,12 @@ from vqgen.stage1_vqvae.runtime.checkpoint import (
     rebuild_module,
 )
 from vqgen.stage1_vqvae.runtime.errors import UserError
-from vqgen.stage1_vqvae.runtime.trainer import warmup_cosine
+from vqgen.stage1_vqvae.runtime.trainer import (
+    load_lr_schedule,
+    lr_schedule,
+    save_lr_schedule,
+    warmup_cosine,
+)
 
 from .model import GatedPixelCNN
 
@@ -50,6 +56,8 @@ class LitPrior(pl.LightningModule):
         num_layers: int = 8,
         kernel_size: int = 3,
         head_hidden: int = 96,
+        dropout: float = 0.0,
+        ema_decay: float = 0.0,
         cond_drop: float = 0.1,
         lr: float = 3e-3,
         weight_decay: float = 0.0,
@@ -65,10 +73,18 @@ class LitPrior(pl.LightningModule):
         self.save_hyperparameters()
         if not 0.0 <= cond_drop < 1.0:
             raise UserError(f"--cond-drop {cond_drop} must be in [0, 1)")
+        if not 0.0 <= ema_decay < 1.0:
+            raise UserError(f"--ema-decay {ema_decay} must be in [0, 1) (0 turns averaging off)")
         self.model = GatedPixelCNN(
             num_codes, tuple(code_shape), num_classes=num_classes, hidden=hidden,
             num_layers=num_layers, kernel_size=kernel_size, head_hidden=head_hidden,
+            dropout=dropout,
         )
+        # Polyak averaging: validation (so best.ckpt), sampling and every verb use these weights
+        # (load_prior puts them in .model); saved in the state dict, so a resume continues them
+        self.ema: GatedPixelCNN | None = None
+        if ema_decay > 0:
+            self.ema = copy.deepcopy(self.model).requires_grad_(False)
 
     @property
     def num_codes(self) -> int:
@@ -101,25 +117,40 @@ class LitPrior(pl.LightningModule):
         self.log("train/loss", nll, prog_bar=True, batch_size=codes.shape[0])
         return nll
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is None:
+            return
+        # the decay ramps up from 0.1 as (1 + t) / (10 + t), so early weights fade out fast
+        # (Tensorflow's ExponentialMovingAverage num_updates); one fused update, no host sync
+        t = int(self.global_step)
+        decay = min(float(self.hparams.ema_decay), (1.0 + t) / (10.0 + t))
+        ema = [p for p in self.ema.parameters()]
+        raw = [p.detach() for p in self.model.parameters()]
+        torch._foreach_lerp_(ema, raw, 1.0 - decay)
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         codes, labels = batch
         bs = codes.shape[0]
-        nll = F.cross_entropy(self.model(codes, self._labels(labels), validated=True), codes)
+        net = self.ema if self.ema is not None else self.model
+        nll = F.cross_entropy(net(codes, self._labels(labels), validated=True), codes)
         self.log("val/nll", nll, batch_size=bs, sync_dist=True, prog_bar=True)
         self.log("val/bits_per_code", nll / LN2, batch_size=bs, sync_dist=True)
         if self.model.num_classes > 0:
-            nll_u = F.cross_entropy(self.model(codes, None, validated=True), codes)
+            nll_u = F.cross_entropy(net(codes, None, validated=True), codes)
             self.log("val/nll_uncond", nll_u, batch_size=bs, sync_dist=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr,
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay)
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
-        sched = warmup_cosine(opt, total, self.hparams.warmup_steps, self.hparams.min_lr_ratio)
+        sched = warmup_cosine(opt, lr_schedule(self, self.hparams.warmup_steps, self.hparams.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": sched}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vqgen"] = checkpoint_stamp("prior")
+        save_lr_schedule(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        load_lr_schedule(self, checkpoint)
 
 
 def _prior_hparams_problem(hp: dict, state: dict) -> str | None:
@@ -149,10 +180,17 @@ def _prior_hparams_problem(hp: dict, state: dict) -> str | None:
 
 
 def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-              checkpoint: dict | None = None) -> LitPrior:
+              checkpoint: dict | None = None, averaged: bool = True) -> LitPrior:
     """Rebuild a trained :class:`LitPrior` (eval mode) from its checkpoint alone (``checkpoint``:
-    the dict already read from ``path``, if the caller has it)."""
-    return rebuild_module(LitPrior, path, "prior", map_location, checkpoint)
+    the dict already read from ``path``, if the caller has it).
+
+    ``averaged``: a prior trained with ``ema_decay > 0`` gets its averaged weights in ``.model``
+    (what validation measured) and no second copy; False keeps both as trained (resume)."""
+    lit = rebuild_module(LitPrior, path, "prior", map_location, checkpoint)
+    if averaged and lit.ema is not None:
+        lit.model.load_state_dict(lit.ema.state_dict())
+        lit.ema = None
+    return lit
 
 
 LitPrior.hparams_problem = staticmethod(_prior_hparams_problem)

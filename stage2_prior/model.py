@@ -35,6 +35,7 @@ class GatedPixelCNN(nn.Module):
     (head_hidden) -> ReLU -> 1x1 conv (num_codes). The last conv starts at zero, so an
     untrained model predicts the uniform distribution (NLL = log num_codes).
 
+    ``dropout`` applies to each block's gated horizontal features while training.
     ``code_shape`` is recorded for sampling (``stage2_prior.sampling.sample(model, ...)``)
     and checkpoints; ``forward`` accepts any grid.
     Receptive field of the logits at (i, j), with R = num_layers * (kernel_size // 2):
@@ -50,6 +51,7 @@ class GatedPixelCNN(nn.Module):
         num_layers: int = 12,
         kernel_size: int = 3,
         head_hidden: int = 256,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if not _is_int(num_codes) or num_codes < 2:
@@ -64,6 +66,8 @@ class GatedPixelCNN(nn.Module):
             if not _is_int(value) or value < 1:
                 raise UserError(f"{name}={value!r} must be an int >= 1")
         check_kernel_size(kernel_size)
+        if not _is_real(dropout) or not 0.0 <= dropout < 1.0:
+            raise UserError(f"dropout={dropout!r} must be a number in [0, 1)")
 
         self.num_codes = num_codes
         self.code_shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
@@ -72,10 +76,12 @@ class GatedPixelCNN(nn.Module):
         self.num_layers = num_layers
         self.kernel_size = kernel_size
         self.head_hidden = head_hidden
+        self.dropout = float(dropout)
 
         self.embed = nn.Embedding(num_codes, hidden)
         self.blocks = nn.ModuleList(
-            GatedBlock(hidden, kernel_size, first=(n == 0), last=(n == num_layers - 1))
+            GatedBlock(hidden, kernel_size, first=(n == 0), last=(n == num_layers - 1),
+                       dropout=dropout)
             for n in range(num_layers)
         )
         if num_classes > 0:

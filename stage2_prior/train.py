@@ -72,7 +72,7 @@ def train_prior(
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path, "prior")  # read once: the model and the loader position
         # load_prior returns eval mode; Lightning keeps module modes as they are
-        lit = load_prior(ckpt_path, checkpoint=ckpt).train()
+        lit = load_prior(ckpt_path, checkpoint=ckpt, averaged=False).train()
         hp = lit.hparams
         codes_dir, batch_size, seed = hp.codes_dir, hp.batch_size, hp.seed
     pl.seed_everything(seed, workers=True, verbose=False)

@@ -134,6 +134,17 @@ def check_family(r: dict, text: str) -> None:
     assert set(r["vae_vs_vqvae"]) >= {"bits_per_dim", "psnr_db", "sample_fd"}
 
 
+def check_gpu_check(r: dict, text: str) -> None:
+    # smoke runs the checks on the CPU (the GPU machine runs them for real)
+    assert r["gpu"] is False and r["device"] == "cpu" and r["cuda_tests"] == {"skipped": "smoke"}
+    assert r["sync_free_steps"] == {"vqvae": "ok", "prior": "ok"}
+    assert r["bf16"]["train_codes_checked"] > 0 and r["bf16"]["train_codes_not_nearest"] == 0
+    fraction(r["bf16"]["eval_bf16_vs_f32_code_disagreement"])
+    assert set(r["throughput"]) == {"train_vqvae_images_per_s", "train_prior_images_per_s",
+                                    "sample_grids_per_s_batch1", "sample_grids_per_s_batch8"}
+    positive(*r["throughput"].values())
+
+
 def check_guidance(r: dict, text: str) -> None:
     assert [(g["guidance"], g["temperature"]) for g in r["grid"]] == [(1.0, 1.0), (2.0, 1.0)]
     for g in r["grid"]:
@@ -176,6 +187,17 @@ def check_inpaint(r: dict, text: str) -> None:
     assert set(r["repair_by_kind"]) == {"noise", "other_digit"}
     positive(r["seconds_1x8"], r["seconds_64x8"], r["completions_per_s_1x8"],
              r["completions_per_s_64x8"])
+
+
+def check_prior_ablation(r: dict, text: str) -> None:
+    assert [row["recipe"] for row in json_lines(text)[:-1]] == ["today", "budget+ema+dropout"]
+    assert sorted(row["recipe"] for row in r["rows"]) == ["budget+ema+dropout", "today"]
+    assert r["best"] == r["rows"][0]["recipe"] and r["budget_s"] == 2.0
+    for row in r["rows"]:
+        positive(row["val_bits_per_code"], row["steps"], row["wall_s"])
+    timed = next(row for row in r["rows"] if row["recipe"] != "today")
+    assert timed["schedule"] == "time"  # the budget set the schedule's end
+    assert next(row for row in r["rows"] if row["recipe"] == "today")["schedule"] == "steps"
 
 
 def check_prior_memory(r: dict, text: str) -> None:

@@ -100,16 +100,21 @@ def test_mid_epoch_checkpoint_resumes_at_the_next_batch(vqvae_runs):
                                 _state(vqvae_runs["crashed"] / "last.ckpt"))
 
 
-def test_prior_resumes_mid_epoch_exactly(tiny_vqvae_run: Path, tmp_path: Path):
+@pytest.mark.parametrize("extras", [{}, dict(ema_decay=0.9, dropout=0.2, weight_decay=0.05)],
+                         ids=["plain", "ema-dropout-wd"])
+def test_prior_resumes_mid_epoch_exactly(tiny_vqvae_run: Path, tmp_path: Path, extras: dict):
     codes = tiny_vqvae_run / "codes"
     targs = dict(_targs(), limit_train_batches=4)
-    train_prior(codes, tmp_path / "straight", TINY_PRIOR, trainer_args=targs, batch_size=32)
+    model = {**TINY_PRIOR, **extras}
+    train_prior(codes, tmp_path / "straight", model, trainer_args=targs, batch_size=32)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_prior(codes, tmp_path / "crashed", TINY_PRIOR,
+        train_prior(codes, tmp_path / "crashed", model,
                     trainer_args=dict(targs, callbacks=[Crash(5)]), batch_size=32)
     assert _state(tmp_path / "crashed" / "last.ckpt")["global_step"] == 4
-    train_prior(codes, tmp_path / "crashed", TINY_PRIOR, trainer_args=targs, batch_size=32,
+    train_prior(codes, tmp_path / "crashed", model, trainer_args=targs, batch_size=32,
                 resume=True)
+    if extras:  # the averaged weights are in the state dict the comparison covers
+        assert any(k.startswith("ema.") for k in _state(tmp_path / "crashed" / "last.ckpt")["state_dict"])
     # label dropout is drawn from (seed, step, rank), so even it replays
     _assert_same_training_state(_state(tmp_path / "straight" / "last.ckpt"),
                                 _state(tmp_path / "crashed" / "last.ckpt"))

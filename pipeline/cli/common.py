@@ -136,10 +136,11 @@ def add_data_args(p: argparse.ArgumentParser, default: str | None = "mnist5k") -
 def add_trainer_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--max-epochs", type=positive_int, default=None,
-                   help="epochs (default: from the preset)")
+                   help="epochs (default: from the preset; with --max-time alone, as many as fit)")
     g.add_argument("--max-steps", type=int, default=-1,
                    help="stop after this many steps (default -1: no limit)")
-    g.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS or N seconds")
+    g.add_argument("--max-time", default=None,
+                   help="stop after DD:HH:MM:SS or N seconds; the lr schedule ends with the budget")
     g.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, mps (default auto)")
     g.add_argument("--devices", type=devices_arg, default="auto", help="device count or ids")
     g.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
@@ -190,7 +191,8 @@ def trainer_kwargs(args: argparse.Namespace, max_epochs: int) -> dict:
             raise UsageError(f"{flag} {v:g}: pass a whole batch count >= 1 or a fraction in (0, 1]")
     check_precision(args.precision)
     return dict(
-        max_epochs=args.max_epochs or max_epochs, max_steps=args.max_steps,
+        # --max-time alone: the budget bounds the run (and its lr schedule), not the preset's epochs
+        max_epochs=args.max_epochs or (-1 if args.max_time else max_epochs), max_steps=args.max_steps,
         max_time=args.max_time, accelerator=args.accelerator, devices=args.devices,
         strategy=args.strategy, num_nodes=args.num_nodes, precision=args.precision,
         limit_train_batches=limit_arg(args.limit_train_batches),

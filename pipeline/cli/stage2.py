@@ -35,6 +35,12 @@ def add_train_prior(subs) -> None:
     g.add_argument("--cond-drop", type=float, default=None,
                    help="probability of dropping the class in training (default 0.1), "
                    "enables unconditional and guided sampling from one model")
+    g.add_argument("--dropout", type=float, default=None,
+                   help="dropout on the gated features while training (default 0.0)")
+    g.add_argument("--ema-decay", type=float, default=None,
+                   help="decay of the weights' moving average, used for validation, sampling "
+                   "and every verb (default 0.0: off)")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW's (default 0.0)")
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--batch-size", type=positive_int, default=None)
     add_workers_arg(g)
@@ -53,7 +59,8 @@ def prior_config(args: argparse.Namespace, log=print) -> tuple[dict, int, int]:
     from vqgen.stage2_prior.train import PRIOR_DEFAULTS
 
     given = {key: getattr(args, key) for key in ("hidden", "num_layers", "kernel_size",
-                                                 "head_hidden", "cond_drop", "lr", "batch_size")
+                                                 "head_hidden", "cond_drop", "dropout", "ema_decay",
+                                                 "weight_decay", "lr", "batch_size")
              if getattr(args, key) is not None}
     if given.get("kernel_size", 3) < 3 or given.get("kernel_size", 3) % 2 == 0:
         raise UsageError(f"--kernel-size {given['kernel_size']} must be odd and >= 3")
@@ -70,8 +77,11 @@ def prior_config(args: argparse.Namespace, log=print) -> tuple[dict, int, int]:
                                           given=given)
     for line in reasons:
         log(line if line.startswith("warning:") else f"prior: {line}")
-    if not 0 <= cfg["cond_drop"] < 1:
-        raise UsageError(f"--cond-drop {cfg['cond_drop']} must be in [0, 1)")
+    for key in ("cond_drop", "dropout", "ema_decay"):
+        if key in cfg and not 0 <= cfg[key] < 1:
+            raise UsageError(f"--{key.replace('_', '-')} {cfg[key]} must be in [0, 1)")
+    if not 0 <= cfg.get("weight_decay", 0.0) < float("inf"):
+        raise UsageError(f"--weight-decay {cfg['weight_decay']} must be >= 0 and finite")
     batch_size = cfg.pop("batch_size")
     max_epochs = cfg.pop("max_epochs")
     return cfg, batch_size, max_epochs

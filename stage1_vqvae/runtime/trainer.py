@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -88,6 +89,8 @@ def make_trainer(
             auto_insert_metric_name=False, enable_version_counter=False,
         ))
     callbacks.append(RankAgreement(out_dir))
+    if max_time:
+        callbacks.append(BudgetSchedule())
     tty = is_tty() and not quiet
     if tty:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
@@ -235,21 +238,147 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer, total_steps: float, warmup_steps: int, floor: float
-) -> dict:
-    """Lightning's scheduler dict: linear warm-up over ``warmup_steps``, then cosine decay to
-    ``floor`` x the base lr at ``total_steps`` (constant when the total is unknown, e.g.
-    training bounded only by --max-time)."""
-    warmup = max(1, warmup_steps)
+class LRSchedule:
+    """Linear warm-up over ``warmup_steps``, then cosine decay from the base lr to ``floor`` x
+    it as progress goes from 0 to 1 over the steps up to ``total_steps``.
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if not math.isfinite(total_steps) or total_steps <= warmup:
+    The total can be re-targeted mid-run (a time budget's estimate, see
+    :class:`BudgetSchedule`) without a jump in the lr: progress continues from its value at
+    the re-target step and reaches 1 at the new total. The state (total, anchor) is saved in
+    every checkpoint, so a resumed run continues the same schedule. ``total_steps`` infinite
+    (no estimate yet) holds the lr at its peak after warm-up.
+    """
+
+    def __init__(self, warmup_steps: int, floor: float, total_steps: float = math.inf,
+                 source: str = "steps") -> None:
+        self.warmup = max(1, int(warmup_steps))
+        self.floor = float(floor)
+        self.total = float(total_steps)
+        self.source = source  # "steps" (epochs / --max-steps) or "time" (--max-time's estimate)
+        self.anchor_step, self.anchor_progress = self.warmup, 0.0
+        self.last_step = 0
+
+    def progress(self, step: int) -> float:
+        """Where ``step`` is in the decay, in [0, 1]."""
+        if step <= self.anchor_step or not math.isfinite(self.total):
+            return self.anchor_progress
+        if self.total <= self.anchor_step:
             return 1.0
-        t = min(1.0, (step - warmup) / (total_steps - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        frac = (step - self.anchor_step) / (self.total - self.anchor_step)
+        return min(1.0, self.anchor_progress + (1.0 - self.anchor_progress) * frac)
 
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def factor(self, step: int) -> float:
+        """The lr multiplier at optimizer step ``step`` (LambdaLR's lambda)."""
+        self.last_step = int(step)
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        p = self.progress(step)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * p))
+
+    def retarget(self, step: int, total_steps: float, source: str) -> None:
+        """From ``step`` on, end the decay at ``total_steps`` (continuous in the lr)."""
+        if step > self.anchor_step:
+            self.anchor_progress, self.anchor_step = self.progress(step), int(step)
+        self.total, self.source = float(total_steps), source
+
+    def state_dict(self) -> dict:
+        return {"total": self.total, "source": self.source, "anchor_step": self.anchor_step,
+                "anchor_progress": self.anchor_progress, "last_step": self.last_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total, self.source = float(state["total"]), str(state["source"])
+        self.anchor_step, self.anchor_progress = int(state["anchor_step"]), float(state["anchor_progress"])
+        self.last_step = int(state.get("last_step", 0))
+
+
+def lr_schedule(module: pl.LightningModule, warmup_steps: int, floor: float) -> LRSchedule:
+    """The schedule ``module.configure_optimizers`` steps: its total from the trainer's epochs
+    and ``--max-steps`` (infinite when only ``--max-time`` bounds the run: then
+    :class:`BudgetSchedule` sets it), or, on resume, the state the checkpoint saved (see
+    :func:`save_lr_schedule`). Kept as ``module.lr_schedule``."""
+    total = module.trainer.estimated_stepping_batches if module._trainer is not None else math.inf
+    sched = LRSchedule(warmup_steps, floor, total)
+    saved = getattr(module, "_saved_lr_schedule", None)
+    if saved:
+        sched.load_state_dict(saved)
+        if sched.source == "steps" and sched.total != float(total):
+            sched.retarget(sched.last_step, total, "steps")  # resumed with other --max-epochs
+    module.lr_schedule = sched
+    return sched
+
+
+def save_lr_schedule(module: pl.LightningModule, checkpoint: dict) -> None:
+    """on_save_checkpoint: keep the schedule's state (the budget's estimate) with the weights."""
+    sched = getattr(module, "lr_schedule", None)
+    if isinstance(sched, LRSchedule):
+        checkpoint["lr_schedule"] = sched.state_dict()
+
+
+def load_lr_schedule(module: pl.LightningModule, checkpoint: dict) -> None:
+    """on_load_checkpoint: hold the saved state for :func:`lr_schedule` (Lightning restores
+    modules before it calls configure_optimizers); older checkpoints have none."""
+    module._saved_lr_schedule = checkpoint.get("lr_schedule")
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> dict:
+    """Lightning's scheduler dict stepping ``schedule`` once per optimizer step."""
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step))
     return {"scheduler": sched, "interval": "step"}
+
+
+class BudgetSchedule(pl.Callback):
+    """With ``--max-time``: the lr schedule ends when the time budget does.
+
+    After ``skip`` steps in this process (first batches are slow) the step rate is measured,
+    and every ``probe`` steps and after every validation the schedule's total is set to the
+    steps done plus that rate (since the measure began, validation included) times the
+    remaining budget (``margin`` of it, left for the last validation and checkpoint), capped
+    by what the epochs / --max-steps allow. The run stops when
+    the schedule is finished, so "train for 20 minutes" gives a finished schedule. A resumed
+    run continues the saved schedule and measures its own rate (Lightning's Timer keeps the
+    elapsed time across resumes).
+    """
+
+    def __init__(self, skip: int = 3, probe: int = 20, margin: float = 0.97) -> None:
+        self.skip, self.probe, self.margin = skip, probe, margin
+        self._start: tuple[int, float] | None = None
+        self._first = None
+        self._probed = False
+
+    @staticmethod
+    def _step(trainer: pl.Trainer) -> int:
+        return int(trainer.lr_scheduler_configs[0].scheduler.last_epoch)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start, self._first, self._probed = None, self._step(trainer), False
+
+    def _estimate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        from pytorch_lightning.callbacks import Timer
+
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        remaining = timer.time_remaining() if timer is not None else None
+        if self._start is None or remaining is None or step <= self._start[0]:
+            return
+        s0, t0 = self._start
+        rate = (step - s0) / max(1e-9, time.perf_counter() - t0)
+        total = min(step + rate * max(0.0, remaining) * self.margin,
+                    float(trainer.estimated_stepping_batches))
+        # DDP: every rank follows rank 0's estimate, or their lrs (and weights) would differ
+        total = float(trainer.strategy.broadcast(math.floor(total), src=0))
+        pl_module.lr_schedule.retarget(step, total, "time")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        step = self._step(trainer)
+        if self._start is None:
+            if step - self._first >= self.skip:
+                self._start = (step, time.perf_counter())
+        elif (step - self._start[0]) % self.probe == 0:  # every `probe` steps: cheap, and
+            self._estimate(trainer, pl_module, step)      # a slower machine is caught early
+            self._probed = True
+        sched = pl_module.lr_schedule
+        if sched.source == "time" and step >= sched.total:
+            trainer.should_stop = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._probed:
+            self._estimate(trainer, pl_module, self._step(trainer))
