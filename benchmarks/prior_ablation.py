@@ -14,7 +14,9 @@ recipe as it finishes, then the summary (recipes by bits per code).
 ``--epochs N`` trains every recipe for N epochs instead (what the demo does: its settings
 are chosen by epochs, so a demo run is reproducible). Recipes combine with "+": ``budget``
 (the defaults alone), ``ema``, ``dropout``, ``wd``,
-``wide`` (64 channels), ``deep`` (12 layers), e.g. ``ema+dropout+wide``. Runs one after
+``wd3`` (0.15), ``lr5`` (5e-3 instead of 3e-3), ``wide`` (64 channels), ``deep`` (12 layers),
+or a value: ``wd=0.3``, ``lr=5e-3``, ``dropout=0.1``, ``ema=0.995``, ``hidden=64``,
+``layers=12``; e.g. ``ema+wd=0.3+dropout=0.05``. Runs one after
 another in this process (one thread each when --threads 1): compare within one run only.
 """
 
@@ -36,9 +38,13 @@ PARTS = {
     "ema": dict(ema_decay=0.998),
     "dropout": dict(dropout=0.1),
     "wd": dict(weight_decay=0.05),
+    "wd3": dict(weight_decay=0.15),
+    "lr5": dict(lr=5e-3),
     "wide": dict(hidden=64, head_hidden=128),
     "deep": dict(num_layers=12),
 }
+KEYS = {"wd": "weight_decay", "lr": "lr", "dropout": "dropout", "ema": "ema_decay",
+        "hidden": "hidden", "layers": "num_layers"}
 DEFAULT_RECIPES = ("today", "budget", "budget+ema", "budget+dropout", "budget+wd",
                    "budget+ema+dropout", "budget+ema+dropout+wd", "budget+ema+dropout+wide",
                    "budget+ema+dropout+deep")
@@ -50,6 +56,10 @@ def recipe_args(name: str) -> dict:
         return dict(TODAY)
     args = dict(TODAY)
     for part in name.split("+"):
+        key, _, value = part.partition("=")
+        if value and key in KEYS:  # wd=0.3, lr=5e-3, dropout=0.1, ema=0.995, hidden=64, layers=12
+            args[KEYS[key]] = int(value) if KEYS[key] in ("hidden", "num_layers") else float(value)
+            continue
         if part not in PARTS:
             raise SystemExit(f"unknown recipe part {part!r}; expected today or "
                              f"{'+'.join(PARTS)} combined with '+'")

@@ -57,6 +57,8 @@ NOT_RUN = {
     "family": "trains three models for minutes each",
     "guidance": "a settings search on a finished demo",
     "hostile_inputs": "counts tracebacks, measures nothing",
+    "gpu_check": "for a machine with a CUDA GPU",
+    "prior_ablation": "trains the prior once per recipe, a minute or more each",
     "inpaint": "run on its own against the demo's checkpoints",
     "prior_memory": "memory of train-prior at 500,000 maps (minutes)",
     "workers_throughput": "needs the CIFAR-10 JPEGs (not shipped)",

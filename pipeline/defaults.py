@@ -6,9 +6,9 @@ without importing each other.
 
 from __future__ import annotations
 
-# CPU-sized demo: about 2 + 2 minutes of training on 2 cores (see benchmarks/stage2.py)
+# CPU-sized demo: within 150 s on a quiet 2-core machine (45 s of stage one, ~85 s of prior)
 DEMO_VQVAE_EPOCHS = 16
-DEMO_PRIOR_EPOCHS = 9
+DEMO_PRIOR_EPOCHS = 14
 DEMO_GUIDANCE = 3.0  # classifier-free guidance: clearly class-like digits (README, the demo grid)
 DEMO_TEMPERATURE = 0.9
 

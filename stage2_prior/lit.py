@@ -107,12 +107,15 @@ class LitPrior(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         codes, labels = batch
         lab = self._labels(labels)
+        # random draws from (seed, step, rank), not the RNG's running state: a resumed run
+        # (even mid-epoch) drops the same labels and units as an uninterrupted one, and DDP
+        # ranks differ
+        step_seed = (int(self.hparams.seed) * 1_000_003 + int(self.global_step)) * 4099 + self.global_rank
         if lab is not None and self.hparams.cond_drop > 0:
-            # drawn from (seed, step, rank), not the global RNG: a resumed run (even mid-epoch)
-            # drops the same labels as an uninterrupted one, and DDP ranks differ
-            g = torch.Generator(device=lab.device).manual_seed(
-                (int(self.hparams.seed) * 1_000_003 + int(self.global_step)) * 4099 + self.global_rank)
+            g = torch.Generator(device=lab.device).manual_seed(step_seed)
             lab = self.model.drop_labels(lab, self.hparams.cond_drop, generator=g, validated=True)
+        if self.hparams.dropout > 0:
+            torch.manual_seed(step_seed + 1)  # nn.Dropout draws from the global generator
         nll = F.cross_entropy(self.model(codes, lab, validated=True), codes)
         self.log("train/loss", nll, prog_bar=True, batch_size=codes.shape[0])
         return nll

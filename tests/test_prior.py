@@ -91,7 +91,7 @@ def test_checkpoint_round_trip_without_arguments(prior_run: Path, tiny_vqvae_run
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lit = LitPrior.load_from_checkpoint(path, map_location="cpu").eval()
-    loaded = load_prior(path)
+    loaded = load_prior(path, averaged=False)  # as trained: the raw weights and their average
     assert not loaded.training
     assert dict(lit.hparams) == dict(loaded.hparams) == dict(ckpt["hyper_parameters"])
     codes, labels = _val_batch(tiny_vqvae_run)
@@ -103,6 +103,11 @@ def test_checkpoint_round_trip_without_arguments(prior_run: Path, tiny_vqvae_run
         assert torch.equal(loaded.state_dict()[key], value), key
     # trained weights, not a fresh init (an untrained head is all zeros)
     assert a.abs().max() > 0
+    # what every verb loads: the averaged weights, as the model, and no second copy
+    averaged = load_prior(path)
+    assert averaged.ema is None and any(k.startswith("ema.") for k in ckpt["state_dict"])
+    for key, value in averaged.model.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"][f"ema.{key}"]), key
 
 
 def test_hparams_come_from_the_code_maps(prior_run: Path, tiny_vqvae_run: Path):

@@ -36,11 +36,11 @@ def add_train_prior(subs) -> None:
                    help="probability of dropping the class in training (default 0.1), "
                    "enables unconditional and guided sampling from one model")
     g.add_argument("--dropout", type=float, default=None,
-                   help="dropout on the gated features while training (default 0.0)")
+                   help="dropout on the gated features while training (default 0.05)")
     g.add_argument("--ema-decay", type=float, default=None,
                    help="decay of the weights' moving average, used for validation, sampling "
-                   "and every verb (default 0.0: off)")
-    g.add_argument("--weight-decay", type=float, default=None, help="AdamW's (default 0.0)")
+                   "and every verb (default 0.998; 0 turns it off)")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW's (default 0.3)")
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--batch-size", type=positive_int, default=None)
     add_workers_arg(g)

@@ -342,15 +342,14 @@ class BudgetSchedule(pl.Callback):
     def __init__(self, skip: int = 3, probe: int = 20, margin: float = 0.97) -> None:
         self.skip, self.probe, self.margin = skip, probe, margin
         self._start: tuple[int, float] | None = None
-        self._first = None
-        self._probed = False
+        self._first = 0
 
     @staticmethod
     def _step(trainer: pl.Trainer) -> int:
         return int(trainer.lr_scheduler_configs[0].scheduler.last_epoch)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start, self._first, self._probed = None, self._step(trainer), False
+        self._start, self._first = None, self._step(trainer)
 
     def _estimate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         from pytorch_lightning.callbacks import Timer
@@ -374,11 +373,10 @@ class BudgetSchedule(pl.Callback):
                 self._start = (step, time.perf_counter())
         elif (step - self._start[0]) % self.probe == 0:  # every `probe` steps: cheap, and
             self._estimate(trainer, pl_module, step)      # a slower machine is caught early
-            self._probed = True
         sched = pl_module.lr_schedule
         if sched.source == "time" and step >= sched.total:
             trainer.should_stop = True
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._probed:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._start is not None:
             self._estimate(trainer, pl_module, self._step(trainer))
