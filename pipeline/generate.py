@@ -161,6 +161,19 @@ def image_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def class_frequencies(prior: LitPrior) -> torch.Tensor:
+    """float (num_classes,) summing to 1: the share of each class among the prior's training
+    maps (its ``class_counts``), uniform for checkpoints that did not record them."""
+    k = int(prior.model.num_classes)
+    counts = tuple(prior.hparams.get("class_counts", ()) or ())
+    if (len(counts) == k and all(isinstance(c, int) and c >= 0 for c in counts)
+            and sum(counts) > 0):
+        p = torch.tensor([float(c) for c in counts])
+    else:
+        p = torch.ones(k)
+    return p / p.sum()
+
+
 @torch.inference_mode()
 def sample(
     prior: LitPrior,
@@ -176,19 +189,30 @@ def sample(
     batch_size: int = 64,
     device: str = "cpu",
     sampler: str = "cached",
+    unconditional: str = "mixture",
 ) -> Samples:
     """Draw ``num`` code grids from the prior and decode them. Same seed and options ->
     identical codes and images on the same device, whatever ``batch_size`` (image i is
     drawn from a generator seeded by (seed, i); the first n images of --num N equal those
-    of --num n)."""
+    of --num n).
+
+    ``unconditional`` (no ``labels``, a class-conditional prior): ``"mixture"`` draws each
+    image's class from the training class frequencies, then its codes given that class, a
+    sample of p(codes) = sum_y p(y) p(codes | y) from the conditional model, which every
+    training step teaches; ``"null"`` samples the null-class model, which learns only from
+    the ``cond_drop`` share of steps (far weaker: see docs/benchmarks.md)."""
     if num <= 0:
         raise UserError(f"--num {num} must be positive")
     seed = check_seed(seed, "--seed")
     validate_sampling_args(prior.num_codes, temperature, top_k, top_p, guidance)
     if guidance != 1.0 and labels is None:
         raise UserError("--guidance needs a class (--class or --per-class)")
+    if unconditional not in ("mixture", "null"):
+        raise UserError(f"unconditional={unconditional!r}: expected 'mixture' or 'null'")
     model = prior.model.to(device).eval()
     dec = vqvae.model.to(device).eval()
+    mixture = labels is None and unconditional == "mixture" and model.num_classes > 0
+    class_p = class_frequencies(prior).to(device) if mixture else None
     out_codes, out_images = [], []
     for s in range(0, num, batch_size):
         n = min(batch_size, num - s)
@@ -197,6 +221,8 @@ def sample(
         # gives the same images whatever the batch size
         gens = [torch.Generator(device=device).manual_seed(image_seed(seed, s + r))
                 for r in range(n)]
+        if class_p is not None:  # the class first, from the image's own generator
+            lab = torch.cat([torch.multinomial(class_p, 1, generator=g) for g in gens])
         codes = sample_codes(model, n, labels=lab, temperature=temperature, top_k=top_k, top_p=top_p,
                              guidance=guidance, generator=gens, sampler=sampler)
         out_codes.append(codes.cpu())

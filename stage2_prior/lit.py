@@ -52,6 +52,7 @@ class LitPrior(pl.LightningModule):
         code_shape: tuple[int, int] = (7, 7),
         num_classes: int = 0,
         class_names: tuple[str, ...] = (),
+        class_counts: tuple[int, ...] = (),
         hidden: int = 48,
         num_layers: int = 8,
         kernel_size: int = 3,

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 
-from vqgen.stage1_vqvae.codes import read_meta
+from vqgen.stage1_vqvae.codes import read_code_maps, read_meta
 from vqgen.stage1_vqvae.runtime.checkpoint import read_checkpoint
 from vqgen.stage1_vqvae.runtime.data_order import saved_loader_state
 from vqgen.stage1_vqvae.runtime.errors import UserError
@@ -40,6 +41,17 @@ def _inputs(codes_dir: str | os.PathLike) -> list[tuple[str, object]]:
     if recorded:
         inputs.append(("the codes' VQ-VAE", recorded))
     return inputs
+
+
+def _class_counts(codes_dir: Path, num_classes: int) -> tuple[int, ...]:
+    """Training maps per class (what unconditional sampling draws classes from)."""
+    if num_classes <= 0:
+        return ()
+    labels = read_code_maps(codes_dir / "train").labels
+    if labels is None:
+        return ()
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    return tuple(int(c) for c in counts[:num_classes])
 
 
 @dataclass
@@ -94,7 +106,9 @@ def train_prior(
             **model_args, num_codes=int(meta["num_codes"]),
             code_shape=tuple(int(s) for s in meta["code_shape"]),
             num_classes=int(meta.get("num_classes", 0)),
-            class_names=tuple(meta.get("class_names", [])), batch_size=batch_size, seed=seed,
+            class_names=tuple(meta.get("class_names", [])),
+            class_counts=_class_counts(Path(codes_dir), int(meta.get("num_classes", 0))),
+            batch_size=batch_size, seed=seed,
             codes_dir=str(Path(codes_dir).resolve()),
             vqvae_checkpoint=str(meta.get("vqvae_checkpoint") or ""),
             vqvae_sha256=str(meta.get("vqvae_sha256") or ""),

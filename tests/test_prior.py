@@ -333,3 +333,50 @@ def test_sample_refuses_bad_knobs(kwargs, needle):
     num = kwargs.pop("num", 2)
     with pytest.raises(ValueError, match=needle):
         sample(prior, vqvae, num, **kwargs)
+
+
+# ------------------------------------------- unconditional samples of a conditional prior
+
+
+def test_training_records_the_class_counts(prior_run: Path, tiny_vqvae_run: Path):
+    prior = load_prior(prior_run / "last.ckpt")
+    labels = np.asarray(read_code_maps(tiny_vqvae_run / "codes" / "train").labels)
+    expected = np.bincount(labels, minlength=prior.model.num_classes)
+    assert list(prior.hparams.class_counts) == expected.tolist()
+
+
+def test_unconditional_mixture_draws_the_class_then_the_image(prior_run: Path):
+    """Image i: its class from its own generator (training frequencies), then its codes
+    given that class from the same generator; batch size does not matter; "null" is the
+    null-class model."""
+    from vqgen.pipeline.generate import class_frequencies, image_seed
+    from vqgen.stage2_prior.sampling import sample as sample_codes
+
+    prior, vqvae = load_pair(prior_run / "last.ckpt")
+    k = prior.model.num_classes
+    # all the training mass on one class: every image is drawn given it
+    prior.hparams.class_counts = tuple(10 if c == 3 else 0 for c in range(k))
+    assert class_frequencies(prior).tolist() == [1.0 if c == 3 else 0.0 for c in range(k)]
+    out = sample(prior, vqvae, 6, seed=5, batch_size=4)
+    assert out.labels is None
+    for i in range(6):
+        g = torch.Generator().manual_seed(image_seed(5, i))
+        y = torch.multinomial(class_frequencies(prior), 1, generator=g)
+        assert int(y) == 3
+        want = sample_codes(prior.model, 1, labels=y, generator=[g])
+        assert torch.equal(out.codes[i], want[0]), i
+    assert torch.equal(sample(prior, vqvae, 6, seed=5, batch_size=6).codes, out.codes)
+    null = sample(prior, vqvae, 6, seed=5, unconditional="null")
+    g = [torch.Generator().manual_seed(image_seed(5, i)) for i in range(6)]
+    assert torch.equal(null.codes, sample_codes(prior.model, 6, labels=None, generator=g))
+    assert not torch.equal(null.codes, out.codes)
+
+
+def test_class_frequencies_fall_back_to_uniform(prior_run: Path):
+    from vqgen.pipeline.generate import class_frequencies
+
+    prior = load_prior(prior_run / "last.ckpt")
+    k = prior.model.num_classes
+    for bad in ((), (1,) * (k + 1), (-1,) + (1,) * (k - 1), (0,) * k):
+        prior.hparams.class_counts = bad
+        torch.testing.assert_close(class_frequencies(prior), torch.full((k,), 1.0 / k))

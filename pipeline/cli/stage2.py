@@ -166,6 +166,10 @@ def add_sample(subs) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--sampler", choices=["cached", "naive"], default="cached",
                    help="cached (fast, default) or naive (reference)")
+    p.add_argument("--unconditional", choices=["mixture", "null"], default="mixture",
+                   help="without a class, from a class-conditional prior: mixture (default) "
+                   "draws each image's class from the training frequencies, then the image; "
+                   "null samples the null-class model (weaker)")
     p.add_argument("--nrow", type=positive_int, default=None, help="images per grid row")
     p.add_argument("--out", required=True, help="folder for grid.png, NNNNNN.png, codes.npy")
     p.add_argument("--overwrite", action="store_true")
@@ -225,13 +229,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     guidance, temperature, chosen = sampling_settings(args, labels is not None)
     res = sample(prior, vqvae, num, labels=labels, temperature=temperature,
                  top_k=args.top_k, top_p=args.top_p, guidance=guidance, seed=args.seed,
-                 batch_size=args.batch_size, device=device, sampler=args.sampler)
+                 batch_size=args.batch_size, device=device, sampler=args.sampler,
+                 unconditional=args.unconditional)
     nrow = args.nrow or (args.per_class if args.per_class else grid_columns(num))
     settings = dict(prior=str(args.prior), vqvae=str(getattr(vqvae, "checkpoint_path", "")),
                     class_index=class_index, per_class=args.per_class,
                     temperature=temperature, top_k=args.top_k, top_p=args.top_p,
                     guidance=guidance, seed=args.seed, batch_size=args.batch_size,
-                    sampler=args.sampler, defaults_used=chosen)
+                    sampler=args.sampler, defaults_used=chosen,
+                    unconditional=(args.unconditional if labels is None
+                                   and prior.model.num_classes > 0 else None))
     write_samples(out, res, class_names=list(prior.hparams.class_names), nrow=nrow,
                   settings=settings)
     print(f"samples: {out}/grid.png ({num} images; one PNG each, codes.npy)")
