@@ -387,3 +387,24 @@ def test_bad_guidance(guidance: float) -> None:
 def test_validate_accepts_good_values() -> None:
     validate_sampling_args(10, temperature=0.7, top_k=10, top_p=1.0, guidance=0.0)
     validate_sampling_args(10, temperature=2, top_k=1, top_p=0.01, guidance=3)
+
+
+def test_dropout_acts_in_training_only_and_the_cached_sampler_matches_in_eval():
+    from vqgen.stage2_prior.cached import incremental_logits
+
+    torch.manual_seed(0)
+    plain = GatedPixelCNN(16, (4, 4), num_classes=3, hidden=8, num_layers=3, head_hidden=8)
+    nn.init.normal_(plain.head[-1].weight)  # non-zero logits, so dropout shows in them
+    dropped = GatedPixelCNN(16, (4, 4), num_classes=3, hidden=8, num_layers=3, head_hidden=8,
+                            dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())
+    codes, labels = torch.randint(16, (2, 4, 4)), torch.tensor([0, 2])
+    dropped.train()
+    assert not torch.allclose(dropped(codes, labels), dropped(codes, labels))
+    dropped.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(codes, labels), plain.eval()(codes, labels))
+        torch.testing.assert_close(incremental_logits(dropped, codes, labels), dropped(codes, labels),
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="dropout"):
+        GatedPixelCNN(16, (4, 4), dropout=1.0)

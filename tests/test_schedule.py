@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -60,14 +59,25 @@ def test_an_estimate_before_warmup_ends_leaves_the_warmup_alone():
     assert s.factor(70) == pytest.approx(0.1 + 0.9 * 0.5)
 
 
-def test_state_round_trip_and_resume_keeps_a_time_estimate():
-    s = LRSchedule(warmup_steps=10, floor=0.1, total_steps=math.inf)
+@pytest.mark.parametrize("stage", ["prior", "vqvae"])
+def test_checkpoint_hooks_carry_a_time_estimate_to_the_resumed_run(stage: str):
+    from vqgen.stage1_vqvae.lit import LitVQVAE
+
+    def build():
+        if stage == "prior":
+            return LitPrior(num_codes=4, code_shape=(2, 2), **TINY_PRIOR)
+        return LitVQVAE(hidden=8, res_hidden=4, num_res=1, code_dim=4, num_codes=8)
+
+    trained = build()
+    s = lr_schedule(trained, 10, 0.1)
     s.retarget(30, 200, "time")
     s.factor(57)
-    lit = LitPrior(num_codes=4, code_shape=(2, 2), **TINY_PRIOR)
-    lit._saved_lr_schedule = s.state_dict()
+    ckpt: dict = {}
+    trained.on_save_checkpoint(ckpt)  # what Lightning calls when it writes last.ckpt
+    resumed = build()
+    resumed.on_load_checkpoint(ckpt)  # and on --resume, before configure_optimizers
     # no trainer: the epochs give no total (as with --max-time alone); the saved estimate wins
-    r = lr_schedule(lit, 10, 0.1)
+    r = lr_schedule(resumed, 10, 0.1)
     assert r.state_dict() == s.state_dict()
     assert [r.factor(i) for i in (57, 120, 200)] == pytest.approx([s.factor(i) for i in (57, 120, 200)])
 
