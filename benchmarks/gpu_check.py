@@ -73,16 +73,24 @@ def _prior(device: torch.device, smoke: bool, num_codes: int = 512):
                            ema_decay=0.999, dropout=0.1, **size)).to(device).train()
 
 
+def _train_step(lit, opt: torch.optim.Optimizer, batch, i: int, autocast: bool = False) -> None:
+    """One optimizer step of ``lit`` as Lightning runs it (the prior's EMA update included);
+    ``autocast``: the forward under bf16 autocast, as --precision bf16-mixed does."""
+    ctx = (torch.autocast(batch[0].device.type, dtype=torch.bfloat16) if autocast
+           else contextlib.nullcontext())
+    with ctx:
+        loss = lit.training_step(batch, i)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    lit.on_train_batch_end(None, batch, i)
+
+
 def _steps(lit, batches, device: torch.device, guarded_from: int = 1) -> None:
     opt = torch.optim.Adam(lit.parameters(), lr=1e-4)
     for i, batch in enumerate(batches):
         with sync_debug(device) if i >= guarded_from else contextlib.nullcontext():
-            loss = lit.training_step(batch, i)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if hasattr(lit, "on_train_batch_end"):
-                lit.on_train_batch_end(None, batch, i)
+            _train_step(lit, opt, batch, i)
 
 
 def sync_free_steps(device: torch.device, smoke: bool, batch: int) -> dict:
@@ -125,11 +133,8 @@ def bf16_codes(device: torch.device, smoke: bool, batch: int) -> dict:
         opt = torch.optim.Adam(lit.parameters(), lr=1e-4)
         for i in range(4):
             x = torch.rand(batch, 3, 32, 32, device=device)
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                loss = lit.training_step((x, torch.zeros(batch, dtype=torch.long, device=device)), i)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _train_step(lit, opt, (x, torch.zeros(batch, dtype=torch.long, device=device)), i,
+                        autocast=True)
     finally:
         VectorQuantizer.forward = forward
     wrong = total = 0
@@ -170,14 +175,8 @@ def throughput(device: torch.device, smoke: bool, batch: int) -> dict:
     res = {}
     for name, lit, b in (("train_vqvae_images_per_s", vq, x), ("train_prior_images_per_s", prior, c)):
         opt = torch.optim.Adam(lit.parameters(), lr=1e-4)
-
-        def step(lit=lit, b=b, opt=opt):
-            loss = lit.training_step(b, 1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        res[name] = round(batch / _timed(step, reps, device), 1)
+        res[name] = round(batch / _timed(lambda lit=lit, b=b, opt=opt: _train_step(lit, opt, b, 1),
+                                         reps, device), 1)
     model = prior.model.eval()
     for n in (1, 8 if smoke else 256):
         labels = torch.arange(n, device=device) % 10

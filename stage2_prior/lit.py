@@ -128,9 +128,8 @@ class LitPrior(pl.LightningModule):
         # (Tensorflow's ExponentialMovingAverage num_updates); one fused update, no host sync
         t = int(self.global_step)
         decay = min(float(self.hparams.ema_decay), (1.0 + t) / (10.0 + t))
-        ema = [p for p in self.ema.parameters()]
-        raw = [p.detach() for p in self.model.parameters()]
-        torch._foreach_lerp_(ema, raw, 1.0 - decay)
+        torch._foreach_lerp_(list(self.ema.parameters()),
+                             [p.detach() for p in self.model.parameters()], 1.0 - decay)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         codes, labels = batch
