@@ -20,24 +20,40 @@ DEMO_TEMPERATURE = 0.9
 # (guidance needs a class) and temperature 1.
 SAMPLE_GUIDANCE = 2.0
 SAMPLE_TEMPERATURE = 0.9
+SAMPLE_NUM = 64          # `vqgen sample` without --num, Pipeline.sample() without num
+SAMPLE_BATCH_SIZE = 64
+
+
+def sampling_defaults(conditional: bool) -> tuple[float, float]:
+    """(guidance, temperature) `vqgen sample`, `Pipeline.sample` and the app use when not
+    given: the measured pair above with a class, (1, 1) without (guidance needs a class)."""
+    return (SAMPLE_GUIDANCE, SAMPLE_TEMPERATURE) if conditional else (1.0, 1.0)
+
+
+# `vqgen inpaint` / `repair` and Pipeline.inpaint / repair
+INPAINT_NUM = 8          # completions kept per input (inpaint)
+REPAIR_NUM = 1           # completions kept per input (repair)
+INPAINT_GROW = 0         # code cells added around the mask
+INPAINT_FEATHER = 2      # pixels of blend at the mask's edge when pasting
+REPAIR_THRESHOLD = 6.0   # bits: benchmarks/inpaint.py (noise blocks: 6 repairs more than 8)
 
 # samples of each kind that `vqgen evaluate` draws for its sample metrics
 DEFAULT_NUM_SAMPLES = 2000
 
 # the runnable example at the end of each verb's --help (and in `vqgen --help`)
 EXAMPLES = {
-    "train-vqvae": "vqgen train-vqvae --data mnist5k --out checkpoints/mnist/vqvae",
-    "encode": "vqgen encode --vqvae checkpoints/mnist/vqvae/last.ckpt --data mnist5k "
-    "--out checkpoints/mnist/codes",
-    "reconstruct": "vqgen reconstruct --vqvae checkpoints/mnist/vqvae/last.ckpt --data mnist5k "
+    "train-vqvae": "vqgen train-vqvae --data mnist5k --out runs/mnist/vqvae",
+    "encode": "vqgen encode --vqvae runs/mnist/vqvae/last.ckpt --data mnist5k "
+    "--out runs/mnist/codes",
+    "reconstruct": "vqgen reconstruct --vqvae runs/mnist/vqvae/last.ckpt --data mnist5k "
     "--split val --out recon.png",
-    "decode": "vqgen decode --vqvae checkpoints/mnist/vqvae/last.ckpt "
-    "--codes checkpoints/mnist/codes/val --out decoded/",
-    "train-prior": "vqgen train-prior --codes checkpoints/mnist/codes --out checkpoints/mnist/prior",
-    "sample": "vqgen sample --prior checkpoints/mnist/prior/last.ckpt --num 64 --out samples/",
+    "decode": "vqgen decode --vqvae runs/mnist/vqvae/last.ckpt "
+    "--codes runs/mnist/codes/val --out decoded/",
+    "train-prior": "vqgen train-prior --codes runs/mnist/codes --out runs/mnist/prior",
+    "sample": "vqgen sample --prior runs/mnist/prior/last.ckpt --num 64 --out samples/",
     "demo": "vqgen demo --out checkpoints/demo",
-    "evaluate": "vqgen evaluate --vqvae checkpoints/mnist/vqvae/last.ckpt "
-    "--prior checkpoints/mnist/prior/last.ckpt --data mnist5k --out report/",
+    "evaluate": "vqgen evaluate --vqvae runs/mnist/vqvae/last.ckpt "
+    "--prior runs/mnist/prior/last.ckpt --data mnist5k --out report/",
     "compress": "vqgen compress --prior checkpoints/demo/prior/last.ckpt --data mnist5k "
     "--split val --out val.vqz --report codec.json",
     "decompress": "vqgen decompress val.vqz --out decoded/",
@@ -46,4 +62,5 @@ EXAMPLES = {
     "repair": "vqgen repair --prior checkpoints/demo/prior/last.ckpt --data mnist5k --split val "
     "--index 0:64 --out repaired/",
     "serve": "vqgen serve --prior checkpoints/demo/prior/last.ckpt",
+    "export": "vqgen export checkpoints/demo --out my-mnist --evaluate",
 }

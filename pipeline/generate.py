@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from vqgen.stage1_vqvae.lit import LitVQVAE, load_vqvae, require_codes
-from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
 from vqgen.stage1_vqvae.runtime.errors import MissingInputError, UserError
 from vqgen.stage1_vqvae.runtime.grid import save_grid, save_png
 from vqgen.stage1_vqvae.runtime.memory import available_memory
 from vqgen.stage1_vqvae.runtime.outputs import owned_output_dir
+from vqgen.stage1_vqvae.runtime.pretrained import model_identities, model_sha256, read_config, resolve_model
 from vqgen.stage1_vqvae.runtime.seeds import check_seed
 from vqgen.stage2_prior.lit import LitPrior, load_prior
 from vqgen.stage2_prior.sampling import sample as sample_codes
@@ -62,11 +62,14 @@ def load_pair(
         raise UserError("--allow-other-vqvae needs the VQ-VAE to use, given as --vqvae PATH")
     explicit = vqvae_path is not None
     prior = load_prior(prior_path, device)
+    where = resolve_model(prior_path)
+    if where.is_dir() and read_config(where).get("kind") == "pair":  # its name and card facts
+        prior.pair_config = read_config(where)
     if vqvae_path is None:
         recorded = prior.hparams.vqvae_checkpoint
         if not recorded:
             raise UserError(f"{prior_path} records no VQ-VAE checkpoint; pass --vqvae")
-        if not Path(recorded).is_file():
+        if not Path(recorded).exists():
             raise MissingInputError(
                 f"the VQ-VAE this prior was trained with, {recorded}, is gone; pass --vqvae"
             )
@@ -75,14 +78,14 @@ def load_pair(
     require_codes(vqvae, vqvae_path)
     check_compatible(prior, vqvae)
     want = prior.hparams.vqvae_sha256
-    if want and file_sha256(vqvae_path) != want:
+    if want and want not in model_identities(vqvae_path):
         # same sizes but other weights: the codes mean other things, samples are noise
         if not (explicit and allow_other_vqvae):
             how = ("pass the VQ-VAE the prior was trained with as --vqvae, or add "
                    "--allow-other-vqvae to decode with this one anyway")
             raise MismatchError(
                 f"{vqvae_path} is not the VQ-VAE the prior's codes were made with (sha256 "
-                f"{file_sha256(vqvae_path)[:12]}..., the prior records {want[:12]}...); {how}")
+                f"{model_sha256(vqvae_path)[:12]}..., the prior records {want[:12]}...); {how}")
         print(f"note: decoding with {vqvae_path}, not the VQ-VAE the prior's codes were made "
               "with (--allow-other-vqvae)", file=sys.stderr)
     return prior, vqvae

@@ -36,6 +36,7 @@ from .runtime.checkpoint import (
     rebuild_module,
 )
 from .runtime.errors import UserError
+from .runtime.pretrained import build_model, resolve_model, write_model
 from .runtime.trainer import load_lr_schedule, lr_schedule, save_lr_schedule, warmup_cosine
 
 PRESETS: dict[str, dict[str, object]] = {
@@ -208,6 +209,25 @@ class LitVQVAE(pl.LightningModule):
         sched = warmup_cosine(opt, lr_schedule(self, self.hparams.warmup_steps, self.hparams.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": sched}
 
+    def save_pretrained(self, folder: str | os.PathLike, *, card: str | None = None,
+                        source: dict | None = None, training: dict | None = None) -> dict:
+        """Write this model as a pretrained folder (config.json, model.safetensors and, given
+        ``card``, README.md; see :mod:`stage1_vqvae.runtime.pretrained`). Returns the config."""
+        return write_model(folder, kind="vqvae", hparams=dict(self.hparams),
+                           weights=self.model.state_dict(), source=source, training=training,
+                           card=card)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike,
+                        map_location: str | torch.device = "cpu") -> LitVQVAE:
+        """:func:`load_vqvae` of a pretrained folder, a shipped name (``"mnist"``) or a checkpoint;
+        the class (VQ-VAE, VQ-GAN, Gaussian VAE) is the one the model was trained as."""
+        lit = load_vqvae(name_or_path, map_location)
+        if not isinstance(lit, cls):
+            raise UserError(f"{name_or_path} holds a {type(lit).__name__}, not a {cls.__name__}; "
+                            "load it with LitVQVAE.from_pretrained")
+        return lit
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vqgen"] = checkpoint_stamp("vqvae")
         save_lr_schedule(self, checkpoint)
@@ -289,7 +309,13 @@ def load_vqvae(path: str | os.PathLike, map_location: str | torch.device = "cpu"
               checkpoint: dict | None = None) -> LitVQVAE:
     """Rebuild a trained stage-one module (eval mode) from its checkpoint alone: a
     :class:`LitVQVAE`, :class:`LitVQGAN` or :class:`LitGaussianVAE`, as its hyper-parameters
-    say (``checkpoint``: the dict already read from ``path``, if the caller has it)."""
+    say (``checkpoint``: the dict already read from ``path``, if the caller has it). ``path``
+    may also be a pretrained folder, a pair's folder or a shipped name (``"mnist"``; see
+    :mod:`stage1_vqvae.runtime.pretrained`)."""
+    if checkpoint is None:
+        path = resolve_model(path)
+        if path.is_dir():  # a pretrained folder (or pair), or a shipped name
+            return build_model(path, "vqvae", stage_one_class, map_location)
     ckpt = checkpoint if checkpoint is not None else read_checkpoint(path, "vqvae")
     cls = stage_one_class(dict(ckpt.get("hyper_parameters") or {}))
     return rebuild_module(cls, path, "vqvae", map_location, ckpt)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -26,6 +27,7 @@ from vqgen.stage1_vqvae.runtime.checkpoint import (
     rebuild_module,
 )
 from vqgen.stage1_vqvae.runtime.errors import UserError
+from vqgen.stage1_vqvae.runtime.pretrained import build_model, resolve_model, write_model
 from vqgen.stage1_vqvae.runtime.trainer import (
     load_lr_schedule,
     lr_schedule,
@@ -148,6 +150,26 @@ class LitPrior(pl.LightningModule):
         sched = warmup_cosine(opt, lr_schedule(self, self.hparams.warmup_steps, self.hparams.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": sched}
 
+    def save_pretrained(self, folder: str | os.PathLike, *, vqvae: str = "", vqvae_sha256: str = "",
+                        card: str | None = None, source: dict | None = None,
+                        training: dict | None = None) -> dict:
+        """Write this prior as a pretrained folder (see :mod:`stage1_vqvae.runtime.pretrained`):
+        the averaged weights when it has them. ``vqvae``: where its VQ-VAE is, relative to
+        ``folder`` (``"../vqvae"`` in a pair), with that model's ``vqvae_sha256``; default: the
+        recorded checkpoint and sha256. Returns the config."""
+        hparams = dict(self.hparams)
+        if vqvae:
+            hparams.update(vqvae_checkpoint=vqvae, vqvae_sha256=vqvae_sha256)
+        net = self.ema if self.ema is not None else self.model
+        return write_model(folder, kind="prior", hparams=hparams, weights=net.state_dict(),
+                           source=source, training=training, card=card)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike,
+                        map_location: str | torch.device = "cpu") -> LitPrior:
+        """:func:`load_prior` of a pretrained folder, a pair, a shipped name or a checkpoint."""
+        return load_prior(name_or_path, map_location)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vqgen"] = checkpoint_stamp("prior")
         save_lr_schedule(self, checkpoint)
@@ -185,10 +207,20 @@ def _prior_hparams_problem(hp: dict, state: dict) -> str | None:
 def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu",
               checkpoint: dict | None = None, averaged: bool = True) -> LitPrior:
     """Rebuild a trained :class:`LitPrior` (eval mode) from its checkpoint alone (``checkpoint``:
-    the dict already read from ``path``, if the caller has it).
+    the dict already read from ``path``, if the caller has it). ``path`` may also be a
+    pretrained folder, a pair's folder or a shipped name (``"mnist"``).
 
     ``averaged``: a prior trained with ``ema_decay > 0`` gets its averaged weights in ``.model``
     (what validation measured) and no second copy; False keeps both as trained (resume)."""
+    if checkpoint is None:
+        path = resolve_model(path)
+        if path.is_dir():  # a pretrained folder (or pair), or a shipped name: averaged weights only
+            lit = build_model(path, "prior", lambda hp: LitPrior, map_location)
+            lit.ema = None
+            recorded = str(lit.hparams.vqvae_checkpoint or "")
+            if recorded and not os.path.isabs(recorded):  # "../vqvae": beside this folder
+                lit.hparams.vqvae_checkpoint = str((Path(lit.checkpoint_path) / recorded).resolve())
+            return lit
     lit = rebuild_module(LitPrior, path, "prior", map_location, checkpoint)
     if averaged and lit.ema is not None:
         lit.model.load_state_dict(lit.ema.state_dict())

@@ -52,14 +52,15 @@ def _free_port() -> int:
 class Served:
     """A ``vqgen serve`` subprocess: its URL and temp folder."""
 
-    def __init__(self, prior: Path, log: Path) -> None:
+    def __init__(self, prior: Path | None, log: Path) -> None:
         self.prior = prior
         self.port = _free_port()
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
         self.log = log
+        given = [] if prior is None else ["--prior", str(prior)]  # None: as `vqgen serve`
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vqgen.pipeline", "serve", "--prior", str(prior),
+            [sys.executable, "-m", "vqgen.pipeline", "serve", *given,
              "--port", str(self.port), "--device", "cpu", "--max-upload-mb", "1"],
             cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
@@ -333,3 +334,43 @@ def test_compress_upload_errors_and_decode(browser, served, tiny_vqvae_run, tmp_
         (tmp_path / "dec" / "digit.png").read_bytes()]
     assert page.outside == []
     page.close()
+
+
+def _slider(page, elem_id: str) -> float:
+    return float(page.locator(f"#{elem_id} input[type=number]").first.input_value())
+
+
+def test_no_flags_serves_the_shipped_models_with_the_cli_defaults(browser, tmp_path):
+    """`vqgen serve` alone: the shipped MNIST pair, named by its model card, a picker for
+    every shipped model, and the Sample tab opens with `vqgen sample --class`'s guidance and
+    temperature (1 / 1 once no class is chosen); picking another model changes the header and
+    the classes."""
+    from vqgen.pipeline import defaults as D
+    from vqgen.stage1_vqvae.runtime.pretrained import shipped_models
+
+    served = Served(None, tmp_path / "log.txt")
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(served.url)
+        page.wait_for_selector("#sample-button")
+        assert "mnist · trained on mnist5k" in _status(page, "header")
+        assert (_slider(page, "sample-guidance"), _slider(page, "sample-temperature")) == (
+            D.SAMPLE_GUIDANCE, D.SAMPLE_TEMPERATURE)
+        page.click("#sample-class input")
+        page.locator("ul.option-list li", has_text="(no class)").first.click()
+        page.wait_for_function("document.querySelector('#sample-guidance input[type=number]')"
+                               ".value === '1'")
+        assert _slider(page, "sample-temperature") == 1.0
+        others = [n for n in shipped_models() if n != "mnist"]
+        if others:
+            page.click("#model-picker input")
+            page.locator("ul.option-list li", has_text=others[0]).first.click()
+            page.wait_for_function(f"document.querySelector('#header').innerText.includes('{others[0]} ·')",
+                                   timeout=60_000)
+            page.click("#sample-class input")
+            names = page.eval_on_selector_all("ul.option-list li", "els => els.map(e => e.innerText.trim())")
+            assert "airplane" in " ".join(names), names
+            page.screenshot(path=str(tmp_path / "picker.png"), full_page=True)
+        page.close()
+    finally:
+        served.stop()

@@ -112,7 +112,7 @@ def test_seeds_are_checked_by_the_library_the_page_and_the_cli(tiny_prior_run, t
                     torch.ones(prior.code_shape, dtype=torch.bool), num=1, seed=bad)
     (tmp_path / "work").mkdir()
     server = Server(tiny_prior_run / "last.ckpt", None, tmp_path / "work")
-    with pytest.raises(UserError, match="seed -1 must be in"):  # was "internal error"
+    with pytest.raises(UserError, match="seed=-1 must be in"):  # was "internal error"
         server.sample(None, 2, seed=-1)
     rc, _, err = run(capsys, "inpaint", "--prior", tiny_prior_run / "last.ckpt", "--data",
                      "mnist5k", "--index", "0", "--box", "0,0,10,10", "--seed", "-1",

@@ -24,7 +24,7 @@ README_MAX_LINES = 250
 # Every page, in the order test_readme_runs.py runs their commands: a page's commands may
 # read what earlier pages' commands wrote. README.md runs first: its demo writes the
 # checkpoints/demo the docs pages edit, compress and evaluate with, and its quick list trains
-# checkpoints/mnist before sampling from it (a docs page's copy of a command already run is
+# runs/mnist before sampling from it (a docs page's copy of a command already run is
 # skipped). A docs page missing here fails test_every_docs_page_is_listed.
 PAGES = [
     "README.md",
@@ -33,6 +33,7 @@ PAGES = [
     "docs/evaluation.md",
     "docs/codec.md",
     "docs/serve.md",
+    "docs/pretrained.md",
     "docs/stage-one-family.md",
     "docs/scaling.md",
     "docs/python.md",

@@ -56,6 +56,7 @@ TINY: dict[str, tuple[str, ...]] = {
     "inpaint": ("--device", "cpu"),
     "repair": ("--device", "cpu"),
     "serve": ("--port", "0", "--device", "cpu"),  # visited once, then stopped: _visit_page
+    "export": ("--device", "cpu"),
 }
 DIGITS = 3  # images in the `digits/` folder the pages compress
 
@@ -101,6 +102,11 @@ def readme_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
             save_png(val[i][0], digits / f"d{i}.png")
         # the user's own files the inpaint / repair examples name
         save_png(val[3][0], cwd / "photo.png")
+        photos = cwd / "photos"  # colour photos for the shipped cifar10 pair
+        photos.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
         save_png(val[4][0], cwd / "damaged.png")
         mask = np.zeros((56, 56), np.uint8)
         mask[:28] = 255  # top half, at twice the image size
@@ -179,7 +185,8 @@ def check_outputs(cwd: Path, command: str, stdout: str) -> None:
         out = cwd / _option(command, "--out")
         codes = np.load(out / "codes.npy")
         settings = json.loads((out / "samples.json").read_text())
-        num = 10 * 10 if "--per-class" in command else int(_option(command, "--num"))
+        num = (10 * int(_option(command, "--per-class")) if "--per-class" in command
+               else int(_option(command, "--num")) if "--num" in command else 64)
         assert codes.shape[0] == settings["count"] == num
         assert len([p for p in out.glob("*.png") if p.name != "grid.png"]) == num
         assert (out / "grid.png").is_file()
@@ -226,6 +233,13 @@ def check_outputs(cwd: Path, command: str, stdout: str) -> None:
         if verb == "repair":
             assert np.load(out / "surprisal.npy").shape == (n, 7, 7)
             assert (out / "surprisal.png").is_file()
+    elif verb == "export":
+        out = cwd / _option(command, "--out")
+        config = json.loads((out / "config.json").read_text())
+        assert config["kind"] == "pair" and (out / "README.md").is_file()
+        assert (out / "prior" / "model.safetensors").is_file()
+        if "--report" in command:  # the card quotes the report
+            assert "## Measured" in (out / "README.md").read_text() and config["metrics"]["stage1"]
     elif verb == "serve":  # the page answered (_visit_page); it says where and cleans up
         assert "http://127.0.0.1:" in stdout and "vqgen serve: stopped" in stdout
         work = re.search(r"uploads and results: (\S+)", stdout).group(1)

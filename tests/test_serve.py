@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from tests.test_cli_stage1 import assert_usage_error, run
+from vqgen.pipeline.cli import main
 from vqgen.pipeline.codec.baselines import lossy_at_psnr, png_baseline, psnr_u8
 from vqgen.stage1_vqvae.runtime.errors import UserError
 
@@ -134,3 +135,32 @@ def test_decompress_keeps_the_folders_of_the_names(server, tiny_prior_run, tmp_p
     assert sorted(f.relative_to(decoded[0].parent.parent).as_posix() for f in decoded) == [
         "0/d.png", "9/d.png"]
     assert decoded[0].read_bytes() != decoded[1].read_bytes()
+
+
+def test_the_page_samples_with_the_cli_defaults_and_switches_models(tiny_prior_run, tmp_path):
+    """With a class the Sample tab's defaults are `vqgen sample --class`'s (its bytes), with
+    no class 1 / 1; a second model is loaded when picked, with its card's name and classes."""
+    from vqgen.pipeline import defaults as D
+    from vqgen.pipeline.serve.serving import NO_CLASS, Server
+    from vqgen.stage1_vqvae.runtime.pretrained import shipped_models
+
+    ckpt = tiny_prior_run / "last.ckpt"
+    others = {n: n for n in shipped_models()}
+    server = Server(ckpt, None, tmp_path / "work", others=others)
+    assert server.model_choices()[0] == "run/last.ckpt" and set(others) <= set(server.model_choices())
+    assert server.sample_defaults("1") == (D.SAMPLE_GUIDANCE, D.SAMPLE_TEMPERATURE)
+    assert server.sample_defaults(NO_CLASS) == (1.0, 1.0)
+    shown = server.sample("1", 4, seed=5)
+    assert main(["sample", "--prior", str(ckpt), "--class", "1", "--num", "4", "--seed", "5",
+                 "--device", "cpu", "--out", str(tmp_path / "cli")]) == 0
+    assert [p.read_bytes() for p in shown.images] == [
+        (tmp_path / "cli" / f"{i:06d}.png").read_bytes() for i in range(4)]
+    if "mnist" in others:
+        server.use("mnist")
+        assert server.title().startswith("mnist · trained on mnist5k")
+        assert "## Measured" in server.model_card().status  # the shipped card
+        assert server.sample("3", 2, seed=0).images
+    server.use(None)
+    assert server.title().startswith("run/last.ckpt · trained on mnist5k")
+    with pytest.raises(UserError, match="no model 'nope' here"):
+        server.use("nope")

@@ -195,21 +195,22 @@ def test_every_import_uses_the_one_installed_name(tmp_path: Path):
 
 
 def test_the_package_is_src_vqgen_linking_the_three_folders():
-    """src/vqgen/ is the installed package: its three entries are relative links to the
-    top-level folders (so a moved checkout still works), and setuptools' finder, which
-    decides what goes in the wheel, sees every package folder through them."""
+    """src/vqgen/ is the installed package: its three entries (and checkpoints/, the shipped
+    models) are relative links to the top-level folders (so a moved checkout still works),
+    and setuptools' finder, which decides what goes in the wheel, sees every package folder
+    through them."""
     import os
 
     from setuptools import find_packages
 
     src = ROOT / "src" / "vqgen"
-    for d in PACKAGES:
+    for d in (*PACKAGES, "checkpoints"):
         link = src / d
         assert link.is_symlink(), f"{link} must be a symlink to ../../{d}"
         assert os.readlink(link) == f"../../{d}"
         assert link.resolve() == ROOT / d
     folders = {"vqgen." + ".".join(p.parent.relative_to(ROOT).parts)
-               for d in PACKAGES for p in (ROOT / d).rglob("__init__.py")}
+               for d in (*PACKAGES, "checkpoints") for p in (ROOT / d).rglob("__init__.py")}
     assert set(find_packages(str(ROOT / "src"))) == {"vqgen"} | folders
     assert (src / "py.typed").is_file()
 

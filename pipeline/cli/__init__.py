@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from vqgen.pipeline.cli.codec import add_compress, add_decompress
 from vqgen.pipeline.cli.demo import add_demo
 from vqgen.pipeline.cli.evaluate import add_evaluate
+from vqgen.pipeline.cli.export import add_export
 from vqgen.pipeline.cli.inpaint import add_inpaint, add_repair
 from vqgen.pipeline.cli.serve import add_serve
 from vqgen.pipeline.cli.stage1 import add_decode, add_encode, add_reconstruct, add_train_vqvae
@@ -23,7 +24,7 @@ from vqgen.stage1_vqvae.runtime.outputs import release_output_locks
 
 ADDERS: list[Callable] = [add_train_vqvae, add_encode, add_reconstruct, add_decode, add_train_prior,
                           add_sample, add_demo, add_evaluate, add_compress, add_decompress,
-                          add_inpaint, add_repair, add_serve]
+                          add_inpaint, add_repair, add_serve, add_export]
 
 
 class VerbParser(argparse.ArgumentParser):

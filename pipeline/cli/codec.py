@@ -24,7 +24,8 @@ def add_compress(subs) -> None:
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="a folder of images (class subfolders named like the prior's classes "
                    "give labels) or image files; or use --data and --split")
-    p.add_argument("--prior", required=True, help="prior checkpoint (.ckpt)")
+    p.add_argument("--prior", required=True,
+                   help="the prior: a .ckpt, a pretrained folder or a shipped name (mnist, cifar10)")
     p.add_argument("--vqvae", default=None,
                    help="VQ-VAE checkpoint (default: the one recorded in the prior)")
     add_data_args(p, default=None)
@@ -177,7 +178,7 @@ def add_decompress(subs) -> None:
 def _checkpoint(given: str | None, stored: str, what: str, flag: str, where: Path) -> str:
     if given:
         return given
-    if not Path(stored).is_file():
+    if not Path(stored).exists():
         raise MissingInputError(f"the {what} {where} was made with, {stored}, is not there; "
                                 f"pass it with {flag}")
     return stored

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vqgen.pipeline.defaults import EXAMPLES
+from vqgen.stage1_vqvae.runtime.devices import resolve_device  # noqa: F401 - the verbs' import
 from vqgen.stage1_vqvae.runtime.errors import UserError
 
 
@@ -81,34 +82,6 @@ def devices_arg(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when available, else mps, else cpu. Any other value must name a
-    device this machine has (``cpu``, ``cuda``, ``cuda:N``, ``mps``), else UsageError."""
-    import torch
-
-    if device != "auto":
-        try:
-            d = torch.device(device)
-        except (RuntimeError, ValueError):
-            raise UsageError(f"--device {device!r} is not a device; expected auto, cpu, cuda, "
-                             "cuda:N or mps") from None
-        mps = getattr(torch.backends, "mps", None)
-        if d.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: this machine has no CUDA device torch can use; "
-                             "pass --device cpu (or auto)")
-        if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
-                             f"device(s) here (cuda:0..cuda:{torch.cuda.device_count() - 1})")
-        if d.type == "mps" and not (mps and mps.is_available()):
-            raise UsageError(f"--device {device}: MPS is not available here; pass --device cpu")
-        if d.type not in ("cpu", "cuda", "mps"):
-            raise UsageError(f"--device {device!r}: vqgen runs on cpu, cuda or mps")
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def add_verb(subs, name: str, help_text: str) -> argparse.ArgumentParser:

@@ -20,14 +20,15 @@ from vqgen.pipeline.cli.common import (
     resolve_device,
     seed_arg,
 )
-
-DEFAULT_GROW = 0
-DEFAULT_FEATHER = 2
-DEFAULT_REPAIR_THRESHOLD = 6.0  # bits: benchmarks/inpaint.py (noise blocks: 6 repairs more than 8)
+from vqgen.pipeline.defaults import INPAINT_FEATHER as DEFAULT_FEATHER
+from vqgen.pipeline.defaults import INPAINT_GROW as DEFAULT_GROW
+from vqgen.pipeline.defaults import INPAINT_NUM, REPAIR_NUM
+from vqgen.pipeline.defaults import REPAIR_THRESHOLD as DEFAULT_REPAIR_THRESHOLD
 
 
 def _add_common(p: argparse.ArgumentParser, num_default: int) -> None:
-    p.add_argument("--prior", required=True, help="prior checkpoint (.ckpt)")
+    p.add_argument("--prior", required=True,
+                   help="the prior: a .ckpt, a pretrained folder or a shipped name (mnist, cifar10)")
     p.add_argument("--vqvae", default=None,
                    help="VQ-VAE checkpoint (default: the one recorded in the prior)")
     g = p.add_argument_group("inputs (--image, or --data with --split and --index)")
@@ -72,7 +73,7 @@ def _add_common(p: argparse.ArgumentParser, num_default: int) -> None:
 def add_inpaint(subs) -> None:
     p = add_verb(subs, "inpaint", "Regenerate a masked region of images in code space; known "
                  "codes after the mask count through importance resampling.")
-    _add_common(p, num_default=8)
+    _add_common(p, num_default=INPAINT_NUM)
     m = p.add_argument_group("mask (white = regenerate; --mask, --box or both)")
     m.add_argument("--mask", default=None, help="mask image, any size (nearest-neighbour resize)")
     m.add_argument("--box", default=None,
@@ -85,7 +86,7 @@ def add_inpaint(subs) -> None:
 def add_repair(subs) -> None:
     p = add_verb(subs, "repair", "Find the codes the prior finds unlikely (surprisal) and "
                  "regenerate them.")
-    _add_common(p, num_default=1)
+    _add_common(p, num_default=REPAIR_NUM)
     r = p.add_argument_group("what to repair").add_mutually_exclusive_group()
     r.add_argument("--threshold", type=float, default=None,
                    help=f"repair positions above this surprisal in bits (default "
@@ -187,13 +188,13 @@ def _prepare(args: argparse.Namespace):
 
 def _settings(args: argparse.Namespace, verb: str, prior, vqvae, class_index, res) -> dict:
     """What inpaint.json records of the run (``res``: the :class:`Inpainting` result)."""
-    from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
+    from vqgen.stage1_vqvae.runtime.pretrained import model_sha256
 
     vq_path = str(getattr(vqvae, "checkpoint_path", "") or args.vqvae
                   or prior.hparams.vqvae_checkpoint)
     return dict(
-        verb=verb, prior=str(args.prior), prior_sha256=file_sha256(args.prior), vqvae=vq_path,
-        vqvae_sha256=file_sha256(vq_path) if Path(vq_path).is_file() else None,
+        verb=verb, prior=str(args.prior), prior_sha256=model_sha256(prior.checkpoint_path), vqvae=vq_path,
+        vqvae_sha256=model_sha256(vq_path) if Path(vq_path).exists() else None,
         class_index=class_index, candidates=res.num_candidates, select="best" if args.best else "importance",
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, paste=args.paste,
@@ -202,15 +203,21 @@ def _settings(args: argparse.Namespace, verb: str, prior, vqvae, class_index, re
     )
 
 
-def _run(args, verb, prior, vqvae, images, code_mask, pixel_mask, cond, device):
-    from vqgen.pipeline.edit.inpaint import inpaint
+def _options(args: argparse.Namespace) -> dict:
+    """The sampling options inpaint and repair share, as Pipeline.inpaint / repair take them."""
+    return dict(num=args.num, num_candidates=args.candidates, seed=args.seed,
+                feather=args.feather, select="best" if args.best else "importance",
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                guidance=args.guidance, paste=args.paste, batch_size=args.batch_size,
+                class_mixture=not args.null_class)
 
-    return inpaint(prior, vqvae, images, code_mask, num=args.num, num_candidates=args.candidates,
-                   select="best" if args.best else "importance", labels=cond,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   guidance=args.guidance, seed=args.seed, pixel_mask=pixel_mask,
-                   paste=args.paste, feather=args.feather, batch_size=args.batch_size,
-                   device=device, class_mixture=not args.null_class)
+
+def _pipeline(prior, vqvae, device):
+    from vqgen.pipeline.api import Pipeline
+
+    pipe = Pipeline(prior, vqvae, device)
+    pipe.cli_errors = True  # errors name this verb's flags
+    return pipe
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
@@ -237,7 +244,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     if bool(code_mask.all()):
         print("note: the mask covers every code: this is plain sampling from the prior "
               "(nothing of the input is kept)", file=sys.stderr)
-    res = _run(args, "inpaint", prior, vqvae, images, code_mask, pixel_mask, cond, device)
+    res = _pipeline(prior, vqvae, device).inpaint(images, pixel_mask, classes=cond, grow=args.grow,
+                                                  **_options(args)).result
     settings = _settings(args, "inpaint", prior, vqvae, class_index, res)
     settings.update(mask=args.mask, box=list(box) if box else None, grow=args.grow)
     write_inpainting(out, res, images, pixel_mask, settings=settings, inputs=sources,
@@ -247,9 +255,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    import torch
 
-    from vqgen.pipeline.edit.inpaint import check_repair_args, repair_mask, surprisal, write_inpainting
+    from vqgen.pipeline.edit.inpaint import check_repair_args, write_inpainting
     from vqgen.pipeline.edit.masks import code_to_pixel_mask
 
     threshold, fraction = args.threshold, args.fraction
@@ -257,19 +264,15 @@ def cmd_repair(args: argparse.Namespace) -> int:
         threshold = DEFAULT_REPAIR_THRESHOLD
     check_repair_args(threshold, fraction)
     out, device, prior, vqvae, class_index, images, data_labels, sources, cond = _prepare(args)
-    enc = vqvae.model.to(device).eval()
-    with torch.inference_mode():
-        codes = torch.cat([enc.encode(images[s : s + 256].to(device)).cpu()
-                           for s in range(0, images.shape[0], 256)])
-    bits = surprisal(prior, codes, cond, device=device, class_mixture=not args.null_class)
-    code_mask = repair_mask(bits, threshold=threshold, fraction=fraction)
+    done = _pipeline(prior, vqvae, device).repair(images, threshold=threshold, fraction=fraction,
+                                                  classes=cond, **_options(args))
+    res, bits, code_mask = done.result, done.surprisal, done.result.code_mask
     untouched = int((~code_mask.reshape(code_mask.shape[0], -1).any(1)).sum())
     if untouched:
         print(f"note: {untouched} of {code_mask.shape[0]} inputs have no position above "
               f"{threshold:g} bits: their output is the input (lower --threshold or use "
               "--fraction to change more)", file=sys.stderr)
     pixel_mask = code_to_pixel_mask(code_mask, tuple(images.shape[-2:]))
-    res = _run(args, "repair", prior, vqvae, images, code_mask, pixel_mask, cond, device)
     settings = _settings(args, "repair", prior, vqvae, class_index, res)
     settings.update(threshold=threshold, fraction=fraction)
     write_inpainting(out, res, images, pixel_mask, settings=settings, inputs=sources,

@@ -25,7 +25,9 @@ def add_serve(subs) -> None:
     p = add_verb(subs, "serve", "Serve a local web page to sample, complete / repair and "
                  "compress with a prior and its VQ-VAE (needs the app extra: "
                  "pip install -e \".[app]\").")
-    p.add_argument("--prior", required=True, help="prior checkpoint (.ckpt)")
+    p.add_argument("--prior", default=None,
+                   help="the prior: a .ckpt, a pretrained folder or a shipped name (default: "
+                   "the shipped mnist, with a picker for every shipped model)")
     p.add_argument("--vqvae", default=None,
                    help="VQ-VAE checkpoint (default: the one recorded in the prior)")
     p.add_argument("--host", default="127.0.0.1",
@@ -67,9 +69,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         "pip install \"vqgen[app]\")")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port} must be in 0..65535")
+    from vqgen.stage1_vqvae.runtime.pretrained import resolve_model, shipped_models
+
+    shipped = shipped_models()
+    others: dict[str, str] = {}
+    if args.prior is None:
+        if args.vqvae is not None:
+            raise UsageError("--vqvae needs --prior (the prior that models its codes)")
+        if not shipped:
+            raise MissingInputError("no --prior given and no shipped model is installed; pass "
+                                    "--prior CKPT (e.g. checkpoints/demo/prior/last.ckpt)")
+        args.prior = "mnist" if "mnist" in shipped else shipped[0]
+        others = {n: n for n in shipped}
     for flag, path in (("--prior", args.prior), ("--vqvae", args.vqvae)):
-        if path is not None and not Path(path).is_file():
-            raise MissingInputError(f"{flag} {path} does not exist; give a .ckpt file")
+        if path is not None and not resolve_model(path).exists():
+            raise MissingInputError(f"{flag} {path} does not exist; give a .ckpt file, a "
+                                    "pretrained folder or a shipped name")
     port = _check_port(args.host, args.port)
     work = Path(tempfile.mkdtemp(prefix="vqgen-serve-"))
     # every upload and Gradio's own cache live here, removed at exit
@@ -82,9 +97,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         server = Server(args.prior, args.vqvae, work, device=resolve_device(args.device),
                         max_upload_mb=args.max_upload_mb, data=args.data,
-                        data_root=args.data_root)
-        from vqgen.pipeline.serve.app import build, launch
+                        data_root=args.data_root, others=others)
+        from vqgen.pipeline.serve.app import build, launch, use_temp_folder
 
+        use_temp_folder(str(work / "gradio"))  # also when Gradio was imported by an earlier server
         demo = build(server)
         launch(demo, args.host, port, args.max_upload_mb, [str(work)])
         local = "this machine only" if args.host in ("127.0.0.1", "localhost", "::1") else \

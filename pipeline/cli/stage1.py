@@ -195,7 +195,8 @@ def cmd_train_vqvae(args: argparse.Namespace) -> int:
 
 def add_encode(subs) -> None:
     p = add_verb(subs, "encode", "Encode a data set's splits into code-map folders (OUT/train, OUT/val).")
-    p.add_argument("--vqvae", required=True, help="VQ-VAE checkpoint (.ckpt)")
+    p.add_argument("--vqvae", required=True,
+                   help="VQ-VAE: a .ckpt, a pretrained folder or a shipped name (mnist, cifar10)")
     add_data_args(p, default=None)
     p.add_argument("--splits", default="train,val", help="comma-separated (default train,val)")
     p.add_argument("--batch-size", type=positive_int, default=512)
@@ -219,7 +220,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from vqgen.stage1_vqvae.data import SPLITS
     from vqgen.stage1_vqvae.encode import encode_dataset, encode_dataset_distributed
     from vqgen.stage1_vqvae.lit import load_vqvae, require_codes
-    from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
+    from vqgen.stage1_vqvae.runtime.pretrained import model_sha256
     from vqgen.stage1_vqvae.train import check_code_output
 
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
@@ -232,7 +233,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     require_codes(lit, args.vqvae)
     device = resolve_device(args.device)
     datasets = {s: dataset_for(lit, args, s) for s in splits}  # fail before writing anything
-    sha = file_sha256(args.vqvae)  # once for all splits
+    sha = model_sha256(args.vqvae)  # once for all splits
     created = not out.exists()
     distributed = args.devices not in (1, "1") or args.num_nodes > 1
     try:
@@ -264,7 +265,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def add_reconstruct(subs) -> None:
     p = add_verb(subs, "reconstruct", "Write an original-vs-reconstruction grid PNG and print its PSNR.")
-    p.add_argument("--vqvae", required=True)
+    p.add_argument("--vqvae", required=True,
+                   help="VQ-VAE: a .ckpt, a pretrained folder or a shipped name (mnist, cifar10)")
     add_data_args(p, default=None)
     p.add_argument("--split", default="val", choices=["train", "val"])
     p.add_argument("--num", type=positive_int, default=32, help="images in the grid (default 32)")
@@ -309,7 +311,8 @@ DECODE_MANIFEST = "decoded.json"  # what decode wrote (its --overwrite replaces 
 
 def add_decode(subs) -> None:
     p = add_verb(subs, "decode", "Decode a code-map folder (or .npy of codes) into PNG images.")
-    p.add_argument("--vqvae", required=True)
+    p.add_argument("--vqvae", required=True,
+                   help="VQ-VAE: a .ckpt, a pretrained folder or a shipped name (mnist, cifar10)")
     p.add_argument("--codes", required=True, help="code-map folder or .npy (N, h, w)")
     p.add_argument("--limit", type=positive_int, default=None, help="decode only the first N")
     p.add_argument("--batch-size", type=positive_int, default=256)

@@ -17,7 +17,13 @@ from vqgen.pipeline.cli.common import (
     seed_arg,
     trainer_kwargs,
 )
-from vqgen.pipeline.defaults import SAMPLE_GUIDANCE, SAMPLE_TEMPERATURE
+from vqgen.pipeline.defaults import (
+    SAMPLE_BATCH_SIZE,
+    SAMPLE_GUIDANCE,
+    SAMPLE_NUM,
+    SAMPLE_TEMPERATURE,
+    sampling_defaults,
+)
 
 
 def add_train_prior(subs) -> None:
@@ -138,7 +144,8 @@ def refuse_gaussian_codes(codes: Path) -> None:
 def add_sample(subs) -> None:
     p = add_verb(subs, "sample", "Sample code grids from the prior and decode them with the VQ-VAE.")
     p.add_argument("--prior", default=None,
-                   help="prior checkpoint (.ckpt); needed except for a Gaussian VAE")
+                   help="the prior: a .ckpt, a pretrained folder or a shipped name (mnist, cifar10); "
+                   "needed except for a Gaussian VAE")
     p.add_argument("--vqvae", default=None,
                    help="VQ-VAE checkpoint (default: the one recorded in the prior); a Gaussian "
                    "VAE alone is sampled from z ~ N(0, I)")
@@ -146,7 +153,7 @@ def add_sample(subs) -> None:
                    action="store_true",
                    help="decode with the --vqvae given even though it is not the file the "
                    "prior's codes were made with (sha256 differs)")
-    p.add_argument("--num", type=int, default=None, help="number of samples (default 64)")
+    p.add_argument("--num", type=int, default=None, help=f"number of samples (default {SAMPLE_NUM})")
     p.add_argument("--class", dest="class_", default=None,
                    help="class name, or index as #N (a name wins: --class 1 is the class "
                    "named 1)")
@@ -162,7 +169,7 @@ def add_sample(subs) -> None:
                    f"{SAMPLE_GUIDANCE:g} with --class/--per-class, chosen by benchmarks/guidance.py)")
     p.add_argument("--seed", type=seed_arg, default=0,
                    help="same seed, same samples, whatever --batch-size (default 0)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=SAMPLE_BATCH_SIZE)
     p.add_argument("--device", default="auto")
     p.add_argument("--sampler", choices=["cached", "naive"], default="cached",
                    help="cached (fast, default) or naive (reference)")
@@ -180,14 +187,14 @@ def sampling_settings(args: argparse.Namespace, conditional: bool) -> tuple[floa
     """(guidance, temperature, names of the two that came from the defaults): the measured
     class-conditional defaults (pipeline/defaults.py) with a class, 1 and 1 without."""
     chosen = [n for n in ("guidance", "temperature") if getattr(args, n) is None]
-    guidance = args.guidance if args.guidance is not None else (
-        SAMPLE_GUIDANCE if conditional else 1.0)
-    temperature = args.temperature if args.temperature is not None else (
-        SAMPLE_TEMPERATURE if conditional else 1.0)
+    g, t = sampling_defaults(conditional)
+    guidance = args.guidance if args.guidance is not None else g
+    temperature = args.temperature if args.temperature is not None else t
     return guidance, temperature, chosen
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from vqgen.pipeline.api import Pipeline
     from vqgen.pipeline.generate import (
         SAMPLE_FILES,
         SAMPLES_MANIFEST,
@@ -196,7 +203,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         load_pair,
         make_labels,
         resolve_class,
-        sample,
         write_samples,
     )
     from vqgen.stage1_vqvae.runtime.outputs import check_not_input, numbered_png
@@ -210,7 +216,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.per_class is not None and args.num is not None:
         raise UsageError(f"give --num or --per-class, not both (--per-class {args.per_class} "
                          "makes per_class x num_classes samples)")
-    num = 64 if args.num is None else args.num
+    num = SAMPLE_NUM if args.num is None else args.num
     out = Path(args.out)
     claim_out_dir(out, verb="sample", overwrite=args.overwrite, manifest=SAMPLES_MANIFEST,
                   writes=lambda n: numbered_png(n) or n in SAMPLE_FILES,
@@ -227,10 +233,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
                  f"--per-class {args.per_class} ({num} images)")
     labels = make_labels(prior, num, class_index, args.per_class)
     guidance, temperature, chosen = sampling_settings(args, labels is not None)
-    res = sample(prior, vqvae, num, labels=labels, temperature=temperature,
-                 top_k=args.top_k, top_p=args.top_p, guidance=guidance, seed=args.seed,
-                 batch_size=args.batch_size, device=device, sampler=args.sampler,
-                 unconditional=args.unconditional)
+    pipe = Pipeline(prior, vqvae, device)
+    pipe.cli_errors = True
+    res = pipe.sample(num, classes=labels, temperature=temperature, top_k=args.top_k,
+                      top_p=args.top_p, guidance=guidance, seed=args.seed,
+                      batch_size=args.batch_size, sampler=args.sampler,
+                      unconditional=args.unconditional)
     nrow = args.nrow or (args.per_class if args.per_class else grid_columns(num))
     settings = dict(prior=str(args.prior), vqvae=str(getattr(vqvae, "checkpoint_path", "")),
                     class_index=class_index, per_class=args.per_class,

@@ -53,6 +53,7 @@ from vqgen.pipeline.generate import MismatchError, check_compatible
 from vqgen.stage1_vqvae.lit import LitVQVAE
 from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
 from vqgen.stage1_vqvae.runtime.errors import UserError
+from vqgen.stage1_vqvae.runtime.pretrained import model_sha256
 from vqgen.stage2_prior.cached import scan_codes
 from vqgen.stage2_prior.lit import LitPrior
 
@@ -99,13 +100,15 @@ _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 def checkpoint_sha256(module: torch.nn.Module, what: str) -> tuple[str, str]:
     """(absolute path, sha256) of the file ``module`` was loaded from (``load_prior`` /
-    ``load_vqvae`` record it); cached per (path, mtime, size)."""
+    ``load_vqvae`` record it; a pretrained folder's weights); cached per (path, mtime, size)."""
     path = getattr(module, "checkpoint_path", None)
     if not path:
         raise UserError(f"the {what} was not loaded from a checkpoint file; a .vqz records "
                         f"its checkpoint's sha256, so load it with load_{what.replace('-', '')}"
                         "(path) or load_pair")
     p = Path(path).resolve()
+    if p.is_dir():  # a pretrained folder: the sha256 of its weights, recorded (and checked) at load
+        return str(p), model_sha256(p)
     st = p.stat()
     key = (str(p), st.st_mtime_ns, st.st_size)
     if key not in _SHA_CACHE:

@@ -28,14 +28,14 @@ def train_code_maps(lit, vqvae_path: str | os.PathLike, train_ds, *, batch_size:
     this very split (source and count); otherwise the split is encoded in memory.
     """
     from vqgen.stage1_vqvae.codes import CodeMapError, read_code_maps
-    from vqgen.stage1_vqvae.runtime.checkpoint import file_sha256
+    from vqgen.stage1_vqvae.runtime.pretrained import model_sha256
 
     folder = Path(vqvae_path).parent / "codes" / "train"
     if (folder / "meta.json").is_file():
         try:
             maps = read_code_maps(folder)
             meta = maps.meta
-            if (meta.get("vqvae_sha256") == file_sha256(vqvae_path) and len(maps) == len(train_ds)
+            if (meta.get("vqvae_sha256") == model_sha256(vqvae_path) and len(maps) == len(train_ds)
                     and meta.get("source") == train_ds.info.source
                     and int(maps.num_codes) == int(lit.num_codes)):
                 return np.asarray(maps.codes).astype(np.int64), str(folder)

@@ -97,12 +97,18 @@ def _painted_mask(value: dict | None) -> np.ndarray | None:
 
 def build(server: Server) -> gr.Blocks:
     """The page for ``server``'s checkpoints."""
+    server.use(None)
     choices = server.class_choices()
     default_class = choices[0]
     multi = len(choices) > 1
+    guidance0, temperature0 = server.sample_defaults(default_class)
+    models = server.model_choices()
 
     with gr.Blocks(analytics_enabled=False, title="vqgen") as demo:
-        gr.Markdown(f"## vqgen &nbsp; `{os.path.basename(server.prior_path)}`")
+        with gr.Row():
+            header = gr.Markdown(f"## vqgen &nbsp; {server.title()}", elem_id="header")
+            model = gr.Dropdown(models, value=models[0], label="model", visible=len(models) > 1,
+                                interactive=len(models) > 1, elem_id="model-picker")
         with gr.Tab("Sample", id="sample"):
             with gr.Row():
                 with gr.Column(scale=1, min_width=260):
@@ -110,13 +116,13 @@ def build(server: Server) -> gr.Blocks:
                                           interactive=multi, elem_id="sample-class")
                     s_num = gr.Slider(1, 64, value=16, step=1, label="number",
                                       elem_id="sample-num")
-                    s_temp = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="temperature",
-                                       elem_id="sample-temperature")
+                    s_temp = gr.Slider(0.05, 2.0, value=temperature0, step=0.05,
+                                       label="temperature", elem_id="sample-temperature")
                     s_topk = gr.Number(0, precision=0, minimum=0, label="top-k (0 = off)",
                                        elem_id="sample-topk")
                     s_topp = gr.Slider(0.05, 1.0, value=1.0, step=0.05,
                                        label="top-p (1 = off)", elem_id="sample-topp")
-                    s_guid = gr.Slider(0.0, 5.0, value=1.0, step=0.25,
+                    s_guid = gr.Slider(0.0, 5.0, value=guidance0, step=0.25,
                                        label="guidance (1 = none; needs a class)",
                                        elem_id="sample-guidance")
                     s_seed = gr.Number(0, precision=0, label="seed", elem_id="sample-seed")
@@ -199,24 +205,52 @@ def build(server: Server) -> gr.Blocks:
         # progress shows on the result, not the status line: the status changes only
         # when a result (or an error) arrives
 
+        # going from a class to no class (or back) brings `vqgen sample`'s defaults for it (2 /
+        # 0.9 with a class, 1 / 1 without); another class keeps what the user set
+        s_conditional = gr.State(default_class != NO_CLASS)
+
         @_errors_in_page
-        def do_sample(cls, num, temp, top_k, top_p, guidance, seed):
+        def class_defaults(name, cls, was_conditional):
+            server.use(name)
+            conditional = cls != NO_CLASS
+            if conditional == was_conditional:
+                return gr.update(), gr.update(), conditional
+            g, t = server.sample_defaults(cls)
+            return gr.update(value=g), gr.update(value=t), conditional
+
+        s_class.change(class_defaults, [model, s_class, s_conditional], [s_guid, s_temp, s_conditional])
+
+        @_errors_in_page
+        def pick_model(name):
+            server.use(name)
+            cls = server.class_choices()
+            g, t = server.sample_defaults(cls[0])
+            return (f"## vqgen &nbsp; {server.title()}",
+                    gr.update(choices=cls, value=cls[0], interactive=len(cls) > 1),
+                    gr.update(choices=cls, value=NO_CLASS, interactive=len(cls) > 1),
+                    gr.update(value=g), gr.update(value=t), cls[0] != NO_CLASS)
+
+        @_errors_in_page
+        def do_sample(name, cls, num, temp, top_k, top_p, guidance, seed):
+            server.use(name)
             r = server.sample(cls, int(num), float(temp), _optional_int(top_k),
                               None if top_p >= 1 else float(top_p), float(guidance),
                               int(seed or 0))
             return [str(p) for p in r.images], str(r.extra["zip"]), r.status
 
-        s_go.click(do_sample, [s_class, s_num, s_temp, s_topk, s_topp, s_guid, s_seed],
+        s_go.click(do_sample, [model, s_class, s_num, s_temp, s_topk, s_topp, s_guid, s_seed],
                    [s_gallery, s_zip, s_status], show_progress_on=[s_gallery])
 
         @_errors_in_page
-        def do_random(seed):
+        def do_random(name, seed):
+            server.use(name)
             path, caption = server.random_image(None)
             return str(path), caption
 
-        c_random.click(do_random, [c_seed], [c_editor, c_caption])
+        c_random.click(do_random, [model, c_seed], [c_editor, c_caption])
 
-        def completion(value, cls, num, temp, seed, fraction):
+        def completion(name, value, cls, num, temp, seed, fraction):
+            server.use(name)
             if not value or value.get("background") is None:
                 raise UserError("no image: upload one or press \"random held-out image\"")
             folder = server.new_folder("upload")
@@ -230,37 +264,54 @@ def build(server: Server) -> gr.Blocks:
                     str(r.extra["zip"]), r.status)
 
         outs = [c_gallery, c_heat, c_overlay, c_zip, c_status]
-        c_go.click(_errors_in_page(lambda v, c, n, t, s: completion(v, c, n, t, s, None)),
-                   [c_editor, c_class, c_num, c_temp, c_seed], outs,
+        c_go.click(_errors_in_page(lambda m, v, c, n, t, s: completion(m, v, c, n, t, s, None)),
+                   [model, c_editor, c_class, c_num, c_temp, c_seed], outs,
                    show_progress_on=[c_gallery])
-        c_repair.click(_errors_in_page(lambda v, c, n, t, s, f: completion(v, c, n, t, s, f)),
-                       [c_editor, c_class, c_num, c_temp, c_seed, c_frac], outs,
+        c_repair.click(_errors_in_page(lambda m, v, c, n, t, s, f: completion(m, v, c, n, t, s, f)),
+                       [model, c_editor, c_class, c_num, c_temp, c_seed, c_frac], outs,
                        show_progress_on=[c_gallery])
 
         @_errors_in_page
-        def do_compress(files):
+        def do_compress(name, files):
+            server.use(name)
             r = server.compress(list(files or []))
             return r.table, str(r.extra["vqz"]), r.status
 
-        z_go.click(do_compress, [z_files], [z_table, z_out, z_status], show_progress_on=[z_table])
+        z_go.click(do_compress, [model, z_files], [z_table, z_out, z_status],
+                   show_progress_on=[z_table])
 
         @_errors_in_page
-        def do_decompress(file):
+        def do_decompress(name, file):
+            server.use(name)
             if not file:
                 raise UserError("no .vqz uploaded; drop a file made by vqgen compress")
             r = server.decompress(file)
             return [str(p) for p in r.images], r.status
 
-        d_go.click(do_decompress, [d_file], [d_gallery, d_status], show_progress_on=[d_gallery])
+        d_go.click(do_decompress, [model, d_file], [d_gallery, d_status],
+                   show_progress_on=[d_gallery])
 
         @_errors_in_page
-        def do_card():
+        def do_card(name):
+            server.use(name)
             r = server.model_card()
             return (r.status, str(r.extra["usage"]) if "usage" in r.extra else None,
                     str(r.extra["recon"]) if "recon" in r.extra else None)
 
-        m_go.click(do_card, [], [m_text, m_usage, m_recon])
+        m_go.click(do_card, [model], [m_text, m_usage, m_recon])
+        model.change(pick_model, [model], [header, s_class, c_class, s_guid, s_temp, s_conditional])
     return demo
+
+
+def use_temp_folder(folder: str) -> None:
+    """Point Gradio's temp folder at ``folder``. Gradio reads GRADIO_TEMP_DIR once, when it is
+    first imported, so a second server in the same process would otherwise write into the
+    first one's (removed) folder."""
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    for name in ("gradio.routes", "gradio.route_utils", "gradio.mcp", "gradio.screen_recording_utils"):
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, "DEFAULT_TEMP_DIR"):
+            mod.DEFAULT_TEMP_DIR = folder
 
 
 def launch(demo: gr.Blocks, host: str, port: int, max_upload_mb: float,

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from vqgen.pipeline.defaults import SAMPLE_BATCH_SIZE as SAMPLE_BATCH  # same batches, same bytes
 from vqgen.stage1_vqvae.runtime.errors import MissingInputError, UserError
 
 NO_CLASS = "(no class)"
-SAMPLE_BATCH = 64      # `vqgen sample --batch-size` default: same batches, same bytes
 INPAINT_BATCH = 512    # `vqgen inpaint --batch-size` default
 VIEW_SCALE = 8         # display images are this many screen pixels per model pixel
 
@@ -68,23 +68,61 @@ class Server:
 
     def __init__(self, prior_path: str | os.PathLike, vqvae_path: str | os.PathLike | None,
                  work: str | os.PathLike, *, device: str = "cpu", max_upload_mb: float = 10.0,
-                 data: str | None = None, data_root: str = "data") -> None:
-        from vqgen.pipeline.generate import load_pair
-
-        self.prior_path = str(prior_path)
-        self.prior, self.vqvae = load_pair(prior_path, vqvae_path, device)
-        self.vqvae_path = str(getattr(self.vqvae, "checkpoint_path", vqvae_path or ""))
+                 data: str | None = None, data_root: str = "data",
+                 others: dict[str, str] | None = None) -> None:
+        """``others``: more models the page's picker offers (name -> shipped name or
+        folder), loaded when first picked; ``prior_path`` is the one shown first."""
         self.device = device
         self.work = Path(work)
         self.results = self.work / "results"
         self.results.mkdir(parents=True, exist_ok=True)
         self.max_upload_mb = float(max_upload_mb)
         self.max_upload_bytes = int(max_upload_mb * 2**20)
-        self.data, self.data_root = data, data_root
+        self.data_root = data_root
+        self._given_data = data
+        self._loaded: dict[str, tuple] = {}
+        self.first = self._load_pair(str(prior_path), vqvae_path)
+        self.models = {self.first: (str(prior_path), vqvae_path), **{
+            n: (str(p), None) for n, p in (others or {}).items() if n != self.first}}
+        self.use(self.first)
+
+    def _load_pair(self, prior_path: str, vqvae_path) -> str:
+        from vqgen.pipeline.api import Pipeline
+
+        pipe = Pipeline.from_pretrained(prior_path, vqvae=vqvae_path, device=self.device)
+        name = str(pipe.card["name"])
+        self._loaded[name] = (pipe, prior_path, str(getattr(pipe.vqvae, "checkpoint_path", "")))
+        return name
+
+    def model_choices(self) -> list[str]:
+        """The picker's names (the first model first)."""
+        return list(self.models)
+
+    def use(self, name: str | None) -> None:
+        """Make ``name`` (a :meth:`model_choices` entry; None: the first) the model every
+        action uses until the next call (the page calls it at the start of each request;
+        requests run one at a time)."""
+        name = name or self.first
+        if name not in self.models:
+            raise UserError(f"no model {name!r} here; pick one of {', '.join(self.models)}")
+        if name not in self._loaded:
+            prior, vq = self.models[name]
+            self._load_pair(prior, vq)
+        if getattr(self, "name", None) == name:
+            return
+        self.pipe, self.prior_path, self.vqvae_path = self._loaded[name]
+        self.name = name
+        self.prior, self.vqvae = self.pipe.prior, self.pipe.vqvae
+        self.data = self._given_data if name == self.first else None
         self._dataset = None
         hp = self.vqvae.hparams
         self.channels, self.image_size = int(hp.channels), tuple(int(s) for s in hp.image_size)
         self.code_shape = tuple(self.prior.code_shape)
+
+    def title(self) -> str:
+        """The page's header line: the model card's name and training data."""
+        facts = self.pipe.card
+        return f"{facts['name']} · trained on {facts['data']}"
 
     # ------------------------------------------------------------------ helpers
 
@@ -175,21 +213,31 @@ class Server:
 
     # ------------------------------------------------------------------ sample
 
-    def sample(self, class_choice: str | None, num: int, temperature: float = 1.0,
-               top_k: int | None = None, top_p: float | None = None, guidance: float = 1.0,
-               seed: int = 0) -> Result:
-        """``vqgen sample --num N [--class C] ... --seed S``: its files, in a new folder."""
-        from vqgen.pipeline.generate import grid_columns, make_labels, sample, write_samples
+    def sample_defaults(self, class_choice: str | None) -> tuple[float, float]:
+        """(guidance, temperature) `vqgen sample` uses for this class choice."""
+        from vqgen.pipeline.defaults import sampling_defaults
+
+        return sampling_defaults(self._class_index(class_choice) is not None)
+
+    def sample(self, class_choice: str | None, num: int, temperature: float | None = None,
+               top_k: int | None = None, top_p: float | None = None,
+               guidance: float | None = None, seed: int = 0) -> Result:
+        """``vqgen sample --num N [--class C] ... --seed S``: its files, in a new folder
+        (guidance / temperature None: the CLI's defaults for the class choice)."""
+        from vqgen.pipeline.generate import grid_columns, make_labels, write_samples
 
         num = int(num)
         if not 1 <= num <= 256:
             raise UserError(f"number {num} must be between 1 and 256")
         class_index = self._class_index(class_choice)
         labels = make_labels(self.prior, num, class_index, None)
+        g, t = self.sample_defaults(class_choice)
+        guidance = g if guidance is None else guidance
+        temperature = t if temperature is None else temperature
         t0 = time.perf_counter()
-        res = sample(self.prior, self.vqvae, num, labels=labels, temperature=temperature,
-                     top_k=top_k, top_p=top_p, guidance=guidance, seed=int(seed),
-                     batch_size=SAMPLE_BATCH, device=self.device)
+        res = self.pipe.sample(num, classes=labels, temperature=temperature, top_k=top_k,
+                               top_p=top_p, guidance=guidance, seed=int(seed),
+                               batch_size=SAMPLE_BATCH)
         seconds = time.perf_counter() - t0
         folder = self.new_folder("sample")
         out = folder / "samples"
@@ -363,6 +411,10 @@ class Server:
 
         folder = self.new_folder("card")
         p, v = self.prior, self.vqvae
+        card = Path(str(p.checkpoint_path)).parent / "README.md"
+        if getattr(p, "pair_config", None) and card.is_file():  # a pretrained pair: its card
+            text = re.sub(r"\A---\n.*?\n---\n", "", card.read_text(), flags=re.S)
+            return Result(folder, [], {}, text.strip())
         lines = ["| | VQ-VAE | prior |", "|---|---|---|",
                  f"| checkpoint | `{self.vqvae_path}` | `{self.prior_path}` |"]
 

@@ -7,9 +7,11 @@ so that installs, editors and type checkers see one ordinary package::
     vqgen.stage1_vqvae   images <-> codes
     vqgen.stage2_prior   a prior over code maps
     vqgen.pipeline       both stages: CLI, sampling, editing, codec, app, evaluation
+    vqgen.checkpoints    the shipped pretrained models (mnist, cifar10)
 
-The public Python API is importable from here by name (``from vqgen import load_pair,
-sample``); each name is loaded on first use, so ``import vqgen`` alone stays light (no
+The public Python API is importable from here by name (``from vqgen import Pipeline``:
+the shipped models and every verb as a method; the free functions ``load_pair``, ``sample``,
+... underneath it); each name is loaded on first use, so ``import vqgen`` alone stays light (no
 torch).
 """
 
@@ -23,6 +25,7 @@ from ._version import __version__
 
 # name -> module that defines it (relative to this package)
 _API = {
+    "Pipeline": ".pipeline.api",
     "build_dataset": ".stage1_vqvae.data",
     "load_vqvae": ".stage1_vqvae.lit",
     "read_code_maps": ".stage1_vqvae.codes",
@@ -36,11 +39,12 @@ _API = {
 }
 
 __all__ = [  # written out for static tools; tests/test_structure.py checks it matches _API
-    "__version__", "build_dataset", "compress", "decompress", "inpaint", "load_pair", "load_prior",
-    "load_vqvae", "read_code_maps", "sample", "write_code_maps",
+    "Pipeline", "__version__", "build_dataset", "compress", "decompress", "inpaint", "load_pair",
+    "load_prior", "load_vqvae", "read_code_maps", "sample", "write_code_maps",
 ]
 
 if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__ loads lazily
+    from .pipeline.api import Pipeline
     from .pipeline.codec.coder import compress, decompress
     from .pipeline.edit.inpaint import inpaint
     from .pipeline.generate import load_pair, sample
@@ -50,7 +54,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__
     from .stage2_prior.lit import load_prior
 
 _here = Path(__file__).resolve().parent
-for _sub in ("stage1_vqvae", "stage2_prior", "pipeline"):
+for _sub in ("stage1_vqvae", "stage2_prior", "pipeline", "checkpoints"):
     if not (_here / _sub / "__init__.py").is_file():
         # a checkout made without symlinks (Windows' default) holds small text files here
         raise ImportError(

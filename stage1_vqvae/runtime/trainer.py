@@ -304,20 +304,41 @@ def lr_schedule(module: pl.LightningModule, warmup_steps: int, floor: float) -> 
         if sched.source == "steps" and sched.total != float(total):
             sched.retarget(sched.last_step, total, "steps")  # resumed with other --max-epochs
     module.lr_schedule = sched
+    module._fit_clock = time.monotonic()  # configure_optimizers runs once, at the start of fit
     return sched
 
 
+def hardware_name() -> str:
+    """What trained (or ran) a model, for model cards: the GPU's name, or the CPU threads."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "Apple MPS"
+    n = torch.get_num_threads()
+    return f"CPU, {n} thread{'s' if n != 1 else ''}"
+
+
 def save_lr_schedule(module: pl.LightningModule, checkpoint: dict) -> None:
-    """on_save_checkpoint: keep the schedule's state (the budget's estimate) with the weights."""
+    """on_save_checkpoint: keep the schedule's state (the budget's estimate) with the weights,
+    and ``checkpoint["training"]``: seconds of fit so far (summed over resumes) and hardware,
+    which exported model cards quote."""
     sched = getattr(module, "lr_schedule", None)
     if isinstance(sched, LRSchedule):
         checkpoint["lr_schedule"] = sched.state_dict()
+    before = getattr(module, "_saved_training", None) or {}
+    clock = getattr(module, "_fit_clock", None)
+    if clock is not None:
+        checkpoint["training"] = {
+            "seconds": float(before.get("seconds", 0.0)) + time.monotonic() - clock,
+            "hardware": hardware_name(),
+        }
 
 
 def load_lr_schedule(module: pl.LightningModule, checkpoint: dict) -> None:
     """on_load_checkpoint: hold the saved state for :func:`lr_schedule` (Lightning restores
     modules before it calls configure_optimizers); older checkpoints have none."""
     module._saved_lr_schedule = checkpoint.get("lr_schedule")
+    module._saved_training = checkpoint.get("training")
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> dict:
