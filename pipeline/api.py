@@ -102,6 +102,7 @@ class Completions:
     codes: Tensor
     bits: Tensor
     result: Any
+    surprisal: Tensor | None = None  # repair: float64 (N, h, w), the bits that chose what to redraw
 
     def pil(self) -> list[list]:
         """``[input][k]`` PIL images."""

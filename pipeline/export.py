@@ -77,8 +77,9 @@ def training_record(module) -> dict[str, Any]:
     path = getattr(module, "checkpoint_path", None)
     if not path or not Path(path).is_file():
         return {}
-    kind = "prior" if hasattr(module, "code_shape") and hasattr(module.model, "blocks") else "vqvae"
-    ckpt = read_checkpoint(path, kind)
+    from vqgen.stage2_prior.lit import LitPrior
+
+    ckpt = read_checkpoint(path, "prior" if isinstance(module, LitPrior) else "vqvae")
     record = {"epochs": int(ckpt.get("epoch", -1)) + 1, "steps": int(ckpt.get("global_step", 0))}
     record.update(ckpt.get("training") or {})
     return record
