@@ -63,8 +63,9 @@ def load_pair(
     explicit = vqvae_path is not None
     prior = load_prior(prior_path, device)
     where = resolve_model(prior_path)
-    if where.is_dir() and read_config(where).get("kind") == "pair":  # its name and card facts
-        prior.pair_config = read_config(where)
+    config = read_config(where) if where.is_dir() else {}
+    if config.get("kind") == "pair":  # its name and card facts
+        prior.pair_config = config
     if vqvae_path is None:
         recorded = prior.hparams.vqvae_checkpoint
         if not recorded:

@@ -201,6 +201,17 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def init_defaults(cls: type) -> dict[str, Any]:
+    """Every named constructor argument with a default, over the class and its bases (the
+    VQ-GAN's ``__init__`` takes its own and passes ``**kwargs`` on to the VQ-VAE's)."""
+    out: dict[str, Any] = {}
+    for c in reversed(cls.__mro__):
+        if "__init__" in vars(c) and c is not object:
+            out.update({k: p.default for k, p in inspect.signature(vars(c)["__init__"]).parameters.items()
+                        if p.default is not inspect.Parameter.empty})
+    return out
+
+
 def rebuild_module(cls: type[T], path: str | os.PathLike, kind: str,
                    map_location: str | torch.device = "cpu", checkpoint: dict | None = None) -> T:
     """Safely read ``path`` (a ``kind`` checkpoint), rebuild ``cls(**hyper_parameters)``, load
@@ -214,8 +225,7 @@ def rebuild_module(cls: type[T], path: str | os.PathLike, kind: str,
                               "the file is damaged or from another vqgen version")
     # check the stored sizes against the weights before building anything: a hostile or
     # damaged file (num_layers=1000000) must not allocate layer after layer
-    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
+    defaults = init_defaults(cls)
     problem = getattr(cls, "hparams_problem", None)
     why = problem({**defaults, **hparams}, state) if problem else None
     if why:

@@ -29,7 +29,6 @@ files are the mixin's, so the Hub and its tools read them; ``huggingface_hub`` u
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
@@ -41,7 +40,7 @@ import torch
 
 from vqgen._version import __version__
 
-from .checkpoint import CheckpointError, file_sha256
+from .checkpoint import CheckpointError, file_sha256, init_defaults
 from .errors import MissingInputError, UserError
 from .fsutil import atomic_file
 
@@ -214,17 +213,6 @@ def write_model(folder: str | os.PathLike, *, kind: str, hparams: dict[str, Any]
         with atomic_file(folder / CARD) as tmp:
             tmp.write_text(card)
     return config
-
-
-def init_defaults(cls: type) -> dict[str, Any]:
-    """Every named constructor argument with a default, over the class and its bases (the
-    VQ-GAN's ``__init__`` takes its own and passes ``**kwargs`` on to the VQ-VAE's)."""
-    out: dict[str, Any] = {}
-    for c in reversed(cls.__mro__):
-        if "__init__" in vars(c) and c is not object:
-            out.update({k: p.default for k, p in inspect.signature(vars(c)["__init__"]).parameters.items()
-                        if p.default is not inspect.Parameter.empty})
-    return out
 
 
 def build_model(folder: str | os.PathLike, kind: str, pick_class: Callable[[dict], type[T]],
